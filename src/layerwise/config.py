@@ -1,0 +1,505 @@
+"""Typed, validated view of ``params.yaml``.
+
+Every stage reads its settings through :func:`load_params`, so a typo or a bad value fails here,
+at stage start, with one message naming the key, the value and what is allowed, before any data
+or model is touched. Unknown keys are rejected too (``sae.expanson`` is a typo, not a new knob).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A params value is missing, of the wrong type, or out of range."""
+
+
+# --------------------------------------------------------------------------------------------
+# Generic dataclass loading: type checks from annotations, unknown keys rejected.
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{origin.__name__}[{args}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; return it (lists copied, dataclasses built)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}={value!r} must be {_type_name(tp)}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} must be a list of {_type_name(item_tp)}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}={value!r} must be a mapping")
+        return {
+            _coerce(k, key_tp, f"{key} key"): _coerce(v, val_tp, f"{key}.{k}")
+            for k, v in value.items()
+        }
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module
+
+
+def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking types and rejecting unknown keys."""
+    where = prefix or "params"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        bad = ", ".join(f"{prefix + '.' if prefix else ''}{k}" for k in unknown)
+        raise ConfigError(f"unknown key(s) {bad}; allowed keys in {where}: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing key {key} ({_type_name(hints[name])})")
+            continue
+        kwargs[name] = _coerce(data[name], hints[name], key)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(prefix)
+    return obj
+
+
+def _positive(prefix: str, name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{prefix}.{name}={value!r} must be > 0")
+
+
+def _non_negative(prefix: str, name: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{prefix}.{name}={value!r} must be >= 0")
+
+
+def _fraction(prefix: str, name: str, value: float, *, open_right: bool = False) -> None:
+    if not (0 <= value < 1 if open_right else 0 <= value <= 1):
+        interval = "[0, 1)" if open_right else "[0, 1]"
+        raise ConfigError(f"{prefix}.{name}={value!r} must be in {interval}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+SOURCE_SCHEMES = ("package:", "hub:")
+
+
+@dataclass
+class LabelSpec:
+    """How a task's raw label column becomes class ids."""
+
+    kind: Literal["column", "sign", "bins", "map"] = "column"
+    """``column``: the column already holds class names; ``sign``: negative/positive by the sign
+    of a numeric score, dropping |score| < ``threshold``; ``bins``: ``len(names)`` equal-width
+    bins of a numeric score over [``low``, ``high``] (ordinal classes); ``map``: raw value ->
+    class name through ``mapping`` (rows whose value is not in it are dropped)."""
+    threshold: float = 0.0
+    """``sign`` only: scores with absolute value below this are dropped as neutral."""
+    low: float = 0.0
+    """``bins`` only: left edge of the first bin."""
+    high: float = 1.0
+    """``bins`` only: right edge of the last bin."""
+    names: list[str] = field(default_factory=list)
+    """Class names. ``sign``: [negative, positive]; ``bins``: one per bin, in bin order (must
+    also be in sorted order, so class id == bin index and ordinal metrics stay meaningful)."""
+    mapping: dict[str, str] = field(default_factory=dict)
+    """``map`` only: raw label (as a string) -> class name."""
+
+    def validate(self, prefix: str) -> None:
+        if self.kind == "sign":
+            _non_negative(prefix, "threshold", self.threshold)
+            if len(self.names) != 2:
+                raise ConfigError(f"{prefix}.names={self.names!r} must hold 2 names for 'sign'")
+        if self.kind == "bins":
+            if not self.low < self.high:
+                raise ConfigError(f"{prefix}.low={self.low} must be < {prefix}.high={self.high}")
+            if len(self.names) < 2:
+                raise ConfigError(f"{prefix}.names={self.names!r} must hold >= 2 bin names")
+            if self.names != sorted(self.names):
+                raise ConfigError(
+                    f"{prefix}.names={self.names!r} must be in sorted order (class id = bin)"
+                )
+        if self.kind == "map" and not self.mapping:
+            raise ConfigError(f"{prefix}.mapping is empty; 'map' needs raw value -> class name")
+        if len(set(self.names)) != len(self.names):
+            raise ConfigError(f"{prefix}.names={self.names!r} has duplicates")
+
+
+@dataclass
+class TaskDef:
+    """One text-classification task: where its data comes from and how to split it."""
+
+    source: str
+    """``package:<distribution>:<path>``, ``hub:<dataset id>`` or a local path."""
+    format: Literal["csv", "tsv", "jsonl", "parquet", "folder", "auto"] = "auto"
+    """File format; ``folder`` = one sub-folder per label holding ``.txt`` files; ``auto``
+    guesses from the suffix (a directory means ``folder`` unless it holds data files)."""
+    text_field: str = "text"
+    """Column holding the text (ignored for ``folder``)."""
+    label_field: str = "label"
+    """Column holding the raw label (ignored for ``folder``)."""
+    labels: LabelSpec = field(default_factory=LabelSpec)
+    """How raw labels become classes."""
+    max_train: int = 2000
+    """Train split size cap: the train split takes what is left after val and analysis, up to
+    this many texts."""
+    max_val: int = 500
+    """Exact val split size (fails if the data cannot provide it)."""
+    max_analysis: int = 1000
+    """Exact analysis split size (texts used for similarity, SAE evaluation and features)."""
+    description: str = ""
+    """What the task stands for (shown in the paper tables)."""
+
+    def validate(self, prefix: str) -> None:
+        for name in ("max_train", "max_val", "max_analysis"):
+            _positive(prefix, name, getattr(self, name))
+        check_source(self.source, f"{prefix}.source")
+
+
+@dataclass
+class ModelDef:
+    """A pre-trained encoder and the layers whose activations the SAEs and features study."""
+
+    source: str
+    """``package:<distribution>:<path>``, ``hub:<model id>`` or a ``save_pretrained`` folder."""
+    layers: list[int]
+    """Early, middle and late layers (0 = embedding output, so layer k is hidden_states[k])."""
+    description: str = ""
+
+    def validate(self, prefix: str) -> None:
+        check_source(self.source, f"{prefix}.source")
+        if not self.layers:
+            raise ConfigError(f"{prefix}.layers is empty; give e.g. [2, 4, 6]")
+        for i, layer in enumerate(self.layers):
+            if layer < 0:
+                raise ConfigError(f"{prefix}.layers[{i}]={layer} must be >= 0")
+        if len(set(self.layers)) != len(self.layers) or self.layers != sorted(self.layers):
+            raise ConfigError(f"{prefix}.layers={self.layers} must be increasing and unique")
+
+
+@dataclass
+class DataParams:
+    """Cleaning shared by all tasks."""
+
+    min_chars: int = 3
+    """Texts shorter than this (after whitespace normalisation) are dropped."""
+    stats_model: str = ""
+    """Model key whose tokenizer measures token lengths in prepare's metrics (default: the
+    first entry of ``models``)."""
+
+    def validate(self, prefix: str) -> None:
+        _non_negative(prefix, "min_chars", self.min_chars)
+
+
+@dataclass
+class FinetuneParams:
+    """Fine-tuning (transformers Trainer)."""
+
+    epochs: float = 2.0
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 128
+    """Tokens per text; the paper used 512 (reachable, slower)."""
+    grad_clip: float = 1.0
+    eval_batch_size: int = 64
+    group_by_length: bool = True
+    """Batch texts of similar length together: less padding, faster on CPU."""
+    logging_steps: int = 10
+    probe_max_iter: int = 2000
+    """Iterations for the logistic-regression baseline probe."""
+
+    def validate(self, prefix: str) -> None:
+        for name in ("epochs", "batch_size", "learning_rate", "max_length", "eval_batch_size"):
+            _positive(prefix, name, getattr(self, name))
+        _positive(prefix, "logging_steps", self.logging_steps)
+        _positive(prefix, "probe_max_iter", self.probe_max_iter)
+        _fraction(prefix, "warmup_ratio", self.warmup_ratio, open_right=True)
+        _non_negative(prefix, "weight_decay", self.weight_decay)
+        _non_negative(prefix, "grad_clip", self.grad_clip)
+
+
+@dataclass
+class CompareParams:
+    """Layer-wise PT vs FT similarity and the activation stores for the SAEs."""
+
+    exclude_special: bool = False
+    """Exclude [CLS]/[SEP] tokens from token-level similarity (the paper kept them)."""
+    batch_size: int = 32
+    token_budget: int = 100_000
+    """Max train-split tokens stored per layer for SAE training."""
+    n_boot: int = 1000
+    """Bootstrap resamples (cosine, probe CIs)."""
+    n_blocks: int = 10
+    """Jackknife blocks over texts (CKA CIs)."""
+    probe_folds: int = 5
+    confidence: float = 0.95
+
+    def validate(self, prefix: str) -> None:
+        for name in ("batch_size", "token_budget", "n_boot"):
+            _positive(prefix, name, getattr(self, name))
+        if self.n_blocks < 2:
+            raise ConfigError(f"{prefix}.n_blocks={self.n_blocks} must be >= 2")
+        if self.probe_folds < 2:
+            raise ConfigError(f"{prefix}.probe_folds={self.probe_folds} must be >= 2")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"{prefix}.confidence={self.confidence} must be in (0, 1)")
+
+
+@dataclass
+class SAEParams:
+    """Sparse autoencoders on the activation stores."""
+
+    sparsity: Literal["l1", "topk"] = "l1"
+    expansion: float = 4.0
+    """Dictionary width = expansion x model width (the paper: 1024/768 = 1.333)."""
+    l1_coefficient: float = 5.0
+    k: int = 32
+    """Active features per token for ``topk``."""
+    learning_rate: float = 3e-4
+    warmup_steps: int = 100
+    batch_size: int = 1024
+    epochs: float = 2.0
+    pooling: Literal["token", "mean"] = "token"
+    """``token``: train on every token (the field's standard); ``mean``: on mean-pooled
+    sentence activations (the paper's choice)."""
+    eval_batch_size: int = 4096
+
+    def validate(self, prefix: str) -> None:
+        for name in ("expansion", "learning_rate", "batch_size", "epochs", "eval_batch_size"):
+            _positive(prefix, name, getattr(self, name))
+        _non_negative(prefix, "l1_coefficient", self.l1_coefficient)
+        _non_negative(prefix, "warmup_steps", self.warmup_steps)
+        if self.k <= 0:
+            raise ConfigError(f"{prefix}.k={self.k} must be > 0")
+
+
+@dataclass
+class FeaturesParams:
+    """Which SAE features change with fine-tuning."""
+
+    top_n: int = 10
+    """Features per (layer, PT|FT) picked by variance across texts (the paper: 10)."""
+    top_k: int = 10
+    """Top-activating texts per feature."""
+    reduce: Literal["max", "mean"] = "max"
+    """Per-text activation of a feature: max or mean over the text's tokens."""
+    selectivity_threshold: float = 0.8
+    """A feature is label-selective when its best one-vs-rest ROC AUC reaches this."""
+    kept_threshold: float = 0.7
+    """An FT feature is 'kept' when some PT decoder direction has cosine >= this."""
+    examples_per_label: int = 1
+    """Example texts per label for the token maps."""
+    top_tokens: int = 8
+    token_min_count: int = 5
+    """A token id must occur this often to be listed among a feature's top tokens."""
+
+    def validate(self, prefix: str) -> None:
+        for name in ("top_n", "top_k", "examples_per_label", "top_tokens", "token_min_count"):
+            _positive(prefix, name, getattr(self, name))
+        _fraction(prefix, "selectivity_threshold", self.selectivity_threshold)
+        _fraction(prefix, "kept_threshold", self.kept_threshold)
+
+
+@dataclass
+class PaperParams:
+    """Rules turning numbers into verdicts in ``paper/summary.md``."""
+
+    rho_threshold: float = -0.8
+    """A claim of monotone decline holds when Spearman rho(similarity, depth) <= this."""
+    dpi: int = 160
+
+    def validate(self, prefix: str) -> None:
+        if not -1 <= self.rho_threshold <= 1:
+            raise ConfigError(f"{prefix}.rho_threshold={self.rho_threshold} must be in [-1, 1]")
+        _positive(prefix, "dpi", self.dpi)
+
+
+@dataclass
+class MlflowParams:
+    experiment: str = "layerwise"
+    """MLflow experiment name."""
+
+
+@dataclass
+class Params:
+    """Everything in ``params.yaml``."""
+
+    seed: int
+    """Seeds data splits and cleaning (one split for all training seeds)."""
+    seeds: list[int]
+    """Training seeds: finetune and every later stage run once per seed."""
+    tasks: list[str]
+    """Task keys to run, each defined in ``task_defs``."""
+    task_defs: dict[str, TaskDef]
+    models: dict[str, ModelDef]
+    """Model key -> source and layers; every entry runs."""
+    data: DataParams = field(default_factory=DataParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    compare: CompareParams = field(default_factory=CompareParams)
+    sae: SAEParams = field(default_factory=SAEParams)
+    features: FeaturesParams = field(default_factory=FeaturesParams)
+    paper: PaperParams = field(default_factory=PaperParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+
+    def validate(self, prefix: str) -> None:
+        if not self.tasks:
+            raise ConfigError("tasks is empty; list at least one key of task_defs")
+        if not self.seeds:
+            raise ConfigError("seeds is empty; give at least one training seed, e.g. [0]")
+        if not self.models:
+            raise ConfigError("models is empty; define at least one model")
+        for i, task in enumerate(self.tasks):
+            if task not in self.task_defs:
+                raise ConfigError(
+                    f"tasks[{i}]={task!r} is not defined; known tasks: {sorted(self.task_defs)}"
+                )
+        if self.data.stats_model and self.data.stats_model not in self.models:
+            raise ConfigError(
+                f"data.stats_model={self.data.stats_model!r} is not a key of models "
+                f"{sorted(self.models)}"
+            )
+
+    # Lookups with the error a user needs when a stage is called with a bad key.
+    def task(self, key: str) -> TaskDef:
+        if key not in self.task_defs:
+            raise ConfigError(f"unknown task {key!r}; known tasks: {sorted(self.task_defs)}")
+        return self.task_defs[key]
+
+    def model(self, key: str) -> ModelDef:
+        if key not in self.models:
+            raise ConfigError(f"unknown model {key!r}; known models: {sorted(self.models)}")
+        return self.models[key]
+
+    def check_seed(self, seed: int) -> int:
+        if seed not in self.seeds:
+            raise ConfigError(f"seed {seed!r} is not in seeds={self.seeds}")
+        return seed
+
+    @property
+    def stats_model_key(self) -> str:
+        return self.data.stats_model or next(iter(self.models))
+
+
+def check_source(source: str, key: str) -> None:
+    """Reject sources whose scheme we do not know (``s3://x``, ``package:x`` without a path)."""
+    if not source:
+        raise ConfigError(f"{key} is empty")
+    scheme, sep, rest = source.partition(":")
+    if not sep or len(scheme) == 1:  # no colon, or a Windows drive letter: a local path
+        return
+    if source.startswith("package:"):
+        dist, sep2, path = rest.partition(":")
+        if not dist or not sep2 or not path:
+            raise ConfigError(f"{key}={source!r}: write package:<distribution>:<path inside it>")
+        return
+    if source.startswith("hub:"):
+        if not rest:
+            raise ConfigError(f"{key}={source!r}: write hub:<id>, e.g. hub:bert-base-uncased")
+        return
+    if source.startswith(("/", ".")):
+        return
+    raise ConfigError(
+        f"{key}={source!r} has unknown source scheme {scheme + ':'!r}; "
+        "use package:<distribution>:<path>, hub:<id> or a local path"
+    )
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {str(path)!r} not found (run from the repo root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params file {str(path)!r} is not valid YAML: {exc}") from exc
+    return params_from_dict(raw)
+
+
+def params_from_dict(raw: Any) -> Params:
+    return from_dict(Params, raw)
+
+
+def section_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as a flat ``{'a.b': value}`` dict, e.g. for MLflow params."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = value
+
+    walk("", obj)
+    return out

@@ -1,0 +1,327 @@
+"""Load a task's source into a ``datasets.Dataset`` of (text, label), clean it, split it.
+
+Every source becomes the same thing: a ``Dataset`` with a ``text`` string column and a ``label``
+``ClassLabel`` whose names are sorted (so class ids are stable across machines and runs). The
+three splits (train / val / analysis) are stratified by label, disjoint and seeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from layerwise.config import ConfigError, LabelSpec, TaskDef
+from layerwise.sources import SourceError, resolve
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "analysis")
+TABLE_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+}
+
+
+class DataError(ValueError):
+    """The data of a task cannot be turned into a usable classification set."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading raw records
+# --------------------------------------------------------------------------------------------
+
+
+def read_text_file(path: Path) -> str:
+    """UTF-8, falling back to latin-1 (one BBC article is latin-1; latin-1 decodes any bytes)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        logger.info("%s is not UTF-8; decoded as latin-1", path)
+        return raw.decode("latin-1")
+
+
+def detect_format(path: Path, declared: str) -> str:
+    if declared != "auto":
+        return declared
+    if path.is_dir():
+        data_files = [p for p in path.iterdir() if p.suffix in TABLE_SUFFIXES]
+        return TABLE_SUFFIXES[data_files[0].suffix] if data_files else "folder"
+    if path.suffix in TABLE_SUFFIXES:
+        return TABLE_SUFFIXES[path.suffix]
+    raise DataError(f"cannot tell the format of {path}; set format to csv/tsv/jsonl/parquet")
+
+
+def _table_files(path: Path, fmt: str) -> list[Path]:
+    if path.is_file():
+        return [path]
+    suffixes = {s for s, f in TABLE_SUFFIXES.items() if f == fmt}
+    files = sorted(p for p in path.rglob("*") if p.suffix in suffixes)
+    if not files:
+        raise DataError(f"no {fmt} files under {path}")
+    return files
+
+
+def read_table(path: Path, fmt: str):
+    """All table files under ``path`` as one pandas DataFrame (pandas ships with ``datasets``).
+
+    Malformed files fail with the parser's own message, wrapped with the file's path.
+    """
+    import pandas as pd
+
+    frames = []
+    for file in _table_files(path, fmt):
+        try:
+            if fmt in ("csv", "tsv"):
+                frame = pd.read_csv(
+                    file,
+                    sep="\t" if fmt == "tsv" else ",",
+                    dtype=str,
+                    keep_default_na=False,
+                    quoting=3 if fmt == "tsv" else 0,  # TSV: quote characters are text
+                    encoding_errors="replace",
+                )
+            elif fmt == "jsonl":
+                frame = pd.read_json(file, lines=True, dtype=False)
+            else:
+                frame = pd.read_parquet(file)
+        except Exception as exc:
+            raise DataError(f"{file} is not a readable {fmt} file: {exc}") from exc
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def read_folder(path: Path) -> tuple[list[str], list[str]]:
+    """One sub-folder per label, one ``.txt`` file per text (BBC: first line is the headline)."""
+    if not path.is_dir():
+        raise DataError(f"format 'folder' needs a directory, got {path}")
+    texts, labels = [], []
+    label_dirs = sorted(p for p in path.iterdir() if p.is_dir())
+    if not label_dirs:
+        raise DataError(f"{path} has no label sub-folders")
+    for label_dir in label_dirs:
+        for file in sorted(label_dir.glob("*.txt")):
+            texts.append(read_text_file(file))
+            labels.append(label_dir.name)
+    if not texts:
+        raise DataError(f"no .txt files in the label folders of {path}")
+    return texts, labels
+
+
+def load_raw(task: TaskDef) -> tuple[list[str], list[Any]]:
+    """Texts and raw labels of a task, with the text/label columns checked."""
+    path = resolve(task.source, kind="dataset")
+    fmt = detect_format(path, task.format)
+    if fmt == "folder":
+        return read_folder(path)
+    frame = read_table(path, fmt)
+    missing = [c for c in (task.text_field, task.label_field) if c not in frame.columns]
+    if missing:
+        which = " and ".join(
+            f"{'text' if c == task.text_field else 'label'} column {c!r}" for c in missing
+        )
+        raise DataError(
+            f"{task.source}: no {which}; columns present: {list(frame.columns)} "
+            "(set text_field / label_field in task_defs)"
+        )
+    return frame[task.text_field].tolist(), frame[task.label_field].tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Labels and cleaning
+# --------------------------------------------------------------------------------------------
+
+_WS = re.compile(r"\s+")
+
+
+def normalise_text(text: Any) -> str:
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return ""
+    return _WS.sub(" ", str(text)).strip()
+
+
+def _as_float(value: Any, source: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{source}: label value {value!r} is not a number") from None
+
+
+def map_labels(raw: list[Any], spec: LabelSpec, source: str) -> tuple[list[str | None], list[str]]:
+    """Raw label values -> class names (None = drop the row), and the class name list."""
+    if spec.kind == "column":
+        names = [normalise_text(v) or None for v in raw]
+        classes = sorted({n for n in names if n is not None})
+    elif spec.kind == "map":
+        names = [spec.mapping.get(normalise_text(v)) for v in raw]
+        classes = sorted(set(spec.mapping.values()))
+    elif spec.kind == "sign":
+        scores = np.array([_as_float(v, source) for v in raw])
+        neg, pos = spec.names
+        names = [
+            None if abs(s) < spec.threshold or s == 0 else (pos if s > 0 else neg) for s in scores
+        ]
+        classes = sorted(spec.names)
+    else:  # bins
+        scores = np.array([_as_float(v, source) for v in raw])
+        n = len(spec.names)
+        edges = np.linspace(spec.low, spec.high, n + 1)
+        idx = np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, n - 1)
+        outside = (scores < spec.low) | (scores > spec.high)
+        names = [None if o else spec.names[i] for i, o in zip(idx, outside, strict=True)]
+        classes = list(spec.names)
+    return names, classes
+
+
+def build_dataset(task: TaskDef, min_chars: int, task_key: str = "task") -> Dataset:
+    """Load, label and clean a task: strip, drop empty/short and duplicate texts (first kept)."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    texts, raw_labels = load_raw(task)
+    names, classes = map_labels(raw_labels, task.labels, task.source)
+    seen: set[str] = set()
+    rows_text, rows_label = [], []
+    dropped = Counter()
+    for text, name in zip(texts, names, strict=True):
+        text = normalise_text(text)
+        if name is None:
+            dropped["unlabelled"] += 1
+        elif len(text) < max(min_chars, 1):
+            dropped["empty"] += 1
+        elif text in seen:
+            dropped["duplicate"] += 1
+        else:
+            seen.add(text)
+            rows_text.append(text)
+            rows_label.append(name)
+    logger.info("%s: %d texts kept, dropped %s", task_key, len(rows_text), dict(dropped))
+    if not rows_text:
+        raise DataError(
+            f"task {task_key!r}: no texts left after cleaning ({dict(dropped)} dropped from "
+            f"{len(texts)} rows of {task.source})"
+        )
+    counts = Counter(rows_label)
+    empty = [c for c in classes if counts[c] == 0]
+    if empty:
+        raise DataError(
+            f"task {task_key!r}: label class(es) {empty} have no texts after labelling "
+            f"(counts: {dict(counts)}); fix task_defs.{task_key}.labels"
+        )
+    if len(classes) < 2:
+        raise DataError(
+            f"task {task_key!r} has only one class {classes}; classification needs >= 2"
+        )
+    class_label = ClassLabel(names=classes)
+    return Dataset.from_dict(
+        {"text": rows_text, "label": [class_label.str2int(n) for n in rows_label]},
+        features=Features({"text": Value("string"), "label": class_label}),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+def split_sizes(n: int, task: TaskDef, task_key: str) -> dict[str, int]:
+    """Val and analysis are exact; train takes the rest up to ``max_train``."""
+    rest = n - task.max_val - task.max_analysis
+    if rest < 2:
+        raise ConfigError(
+            f"task_defs.{task_key}: max_val={task.max_val} + max_analysis={task.max_analysis} "
+            f"leave {rest} of {n} texts for training; lower them"
+        )
+    return {"train": min(task.max_train, rest), "val": task.max_val, "analysis": task.max_analysis}
+
+
+def stratified_splits(ds: Dataset, task: TaskDef, seed: int, task_key: str) -> DatasetDict:
+    """Disjoint, label-stratified, seeded splits (scikit-learn's stratified sampling)."""
+    from datasets import DatasetDict
+    from sklearn.model_selection import train_test_split
+
+    sizes = split_sizes(len(ds), task, task_key)
+    labels = np.asarray(ds["label"])
+    idx = np.arange(len(ds))
+    n_classes = len(ds.features["label"].names)
+    try:
+        rest, analysis = train_test_split(
+            idx, test_size=sizes["analysis"], stratify=labels, random_state=seed
+        )
+        rest, val = train_test_split(
+            rest, test_size=sizes["val"], stratify=labels[rest], random_state=seed + 1
+        )
+        if sizes["train"] < len(rest):
+            train, _ = train_test_split(
+                rest, train_size=sizes["train"], stratify=labels[rest], random_state=seed + 2
+            )
+        else:
+            train = np.random.default_rng(seed).permutation(rest)
+    except ValueError as exc:  # e.g. a class too small to appear in every split
+        raise DataError(f"task {task_key!r}: cannot stratify splits {sizes}: {exc}") from exc
+    out = {}
+    for name, rows in (("train", train), ("val", val), ("analysis", analysis)):
+        present = len(np.unique(labels[rows]))
+        if present < n_classes:
+            raise DataError(
+                f"task {task_key!r}: split {name!r} ({len(rows)} texts) misses a class; "
+                "increase its size"
+            )
+        out[name] = ds.select(np.sort(rows))
+    return DatasetDict(out)
+
+
+def load_splits(path: str | Path) -> DatasetDict:
+    """Prepared splits written by the prepare stage."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    if not (path / "dataset_dict.json").is_file():
+        raise FileNotFoundError(
+            f"{path} holds no prepared splits: they are made by the prepare stage "
+            f"(run `dvc repro prepare@{path.name}`)"
+        )
+    return load_from_disk(str(path))
+
+
+def split_stats(splits: DatasetDict, tokenizer: Any | None) -> dict[str, Any]:
+    """Rows per split and label, and token-length statistics (DVC metrics of prepare)."""
+    names = splits["train"].features["label"].names
+    stats: dict[str, Any] = {}
+    for split, ds in splits.items():
+        labels = np.asarray(ds["label"])
+        stats[f"{split}/rows"] = len(ds)
+        for i, name in enumerate(names):
+            stats[f"{split}/label/{name}"] = int((labels == i).sum())
+        if tokenizer is not None:
+            lengths = np.array(
+                [len(ids) for ids in tokenizer(list(ds["text"]), truncation=False)["input_ids"]]
+            )
+            stats[f"{split}/tokens/mean"] = round(float(lengths.mean()), 2)
+            stats[f"{split}/tokens/median"] = float(np.median(lengths))
+            stats[f"{split}/tokens/p95"] = float(np.percentile(lengths, 95))
+            stats[f"{split}/tokens/max"] = int(lengths.max())
+    return stats
+
+
+__all__ = [
+    "SPLITS",
+    "DataError",
+    "SourceError",
+    "build_dataset",
+    "load_raw",
+    "load_splits",
+    "split_stats",
+    "stratified_splits",
+]

@@ -1,0 +1,129 @@
+"""Load encoders, classifiers and tokenizers from any source; pick the device.
+
+Every loader resolves the source first (``sources.resolve``) and then calls ``from_pretrained``
+on a local folder, so package, hub and local models share one code path, and a model that does
+not load fails with the source named and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from layerwise.sources import SourceError, resolve
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """A model source does not hold a usable model."""
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """CUDA when available (or asked for), else CPU; nothing else assumes either."""
+    import torch
+
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_dir(source: str) -> Path:
+    """The local folder of a model source (package, hub or path)."""
+    path = resolve(source, kind="model")
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ModelError(f"model source {source!r}: {path} is not a model folder (no config.json)")
+    return path
+
+
+def _load(source: str, what: str, fn) -> Any:
+    path = model_dir(source)
+    try:
+        return fn(str(path))
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"model source {source!r} ({path}) does not load as a {what}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
+
+
+def load_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return _load(source, "tokenizer", AutoTokenizer.from_pretrained)
+
+
+def load_config(source: str) -> Any:
+    from transformers import AutoConfig
+
+    return _load(source, "config", AutoConfig.from_pretrained)
+
+
+def load_encoder(source: str) -> Any:
+    """The bare encoder (``AutoModel``): from a base model or from a fine-tuned classifier."""
+    from transformers import AutoModel
+
+    model = _load(source, "encoder", AutoModel.from_pretrained)
+    model.eval()
+    return model
+
+
+def load_classifier(source: str, label_names: list[str] | None = None) -> Any:
+    """A sequence classifier; a new (seeded) head when ``label_names`` are given for a base
+    model, the saved head when the source is already a fine-tuned classifier."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {}
+    if label_names is not None:
+        kwargs = {
+            "num_labels": len(label_names),
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {n: i for i, n in enumerate(label_names)},
+        }
+    return _load(
+        source,
+        "sequence classifier",
+        lambda p: AutoModelForSequenceClassification.from_pretrained(p, **kwargs),
+    )
+
+
+def num_layers(config: Any) -> int:
+    """Transformer blocks L; ``hidden_states`` has L + 1 entries (0 = embeddings)."""
+    return int(config.num_hidden_layers)
+
+
+def max_positions(config: Any) -> int | None:
+    return getattr(config, "max_position_embeddings", None)
+
+
+def check_layers(layers: list[int], config: Any, key: str) -> None:
+    """Layers must be in 0..L (0 = embedding output)."""
+    from layerwise.config import ConfigError
+
+    n = num_layers(config)
+    bad = [layer for layer in layers if not 0 <= layer <= n]
+    if bad:
+        raise ConfigError(
+            f"{key}={layers}: layer(s) {bad} outside 0..{n} (L={n} for this model; "
+            "0 is the embedding output)"
+        )
+
+
+def check_max_length(max_length: int, config: Any, tokenizer: Any, key: str) -> None:
+    """The position table bounds the usable length (minus padding offset for RoBERTa-likes)."""
+    from layerwise.config import ConfigError
+
+    limit = max_positions(config)
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "mpnet") and limit:
+        limit -= 2
+    if limit is not None and max_length > limit:
+        raise ConfigError(
+            f"{key}={max_length} is above the model's position limit {limit} "
+            f"({getattr(config, 'model_type', '?')})"
+        )

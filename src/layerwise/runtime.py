@@ -1,0 +1,39 @@
+"""Process-level set-up shared by every stage: logging, seeding, threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import numpy as np
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "alembic", "mlflow.store", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, NumPy and torch (and CUDA when present), before models are built."""
+    random.seed(seed)
+    np.random.seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    import torch
+
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def quiet_libraries() -> None:
+    """Offline-friendly, quiet defaults for HF libraries (set before they are imported)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")  # we log to MLflow ourselves
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
