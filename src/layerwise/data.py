@@ -57,7 +57,10 @@ def detect_format(path: Path, declared: str) -> str:
     if declared != "auto":
         return declared
     if path.is_dir():
-        data_files = [p for p in path.iterdir() if p.suffix in TABLE_SUFFIXES]
+        # .txt files under a directory are texts of a label folder, not tables.
+        data_files = [
+            p for p in sorted(path.rglob("*")) if p.suffix in TABLE_SUFFIXES and p.suffix != ".txt"
+        ]
         return TABLE_SUFFIXES[data_files[0].suffix] if data_files else "folder"
     if path.suffix in TABLE_SUFFIXES:
         return TABLE_SUFFIXES[path.suffix]
@@ -171,15 +174,20 @@ def map_labels(raw: list[Any], spec: LabelSpec, source: str) -> tuple[list[str |
         scores = np.array([_as_float(v, source) for v in raw])
         neg, pos = spec.names
         names = [
-            None if abs(s) < spec.threshold or s == 0 else (pos if s > 0 else neg) for s in scores
+            None
+            if not np.isfinite(s) or abs(s) < spec.threshold or s == 0
+            else (pos if s > 0 else neg)
+            for s in scores
         ]
         classes = sorted(spec.names)
     else:  # bins
         scores = np.array([_as_float(v, source) for v in raw])
         n = len(spec.names)
-        edges = np.linspace(spec.low, spec.high, n + 1)
-        idx = np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, n - 1)
-        outside = (scores < spec.low) | (scores > spec.high)
+        # Rounded edges: linspace's float error would put scores on an edge in either bin.
+        # Bins are closed on the right: (e_i, e_{i+1}], the first one also includes ``low``.
+        edges = np.round(np.linspace(spec.low, spec.high, n + 1), 9)
+        idx = np.digitize(np.round(scores, 9), edges[1:-1], right=True)
+        outside = ~np.isfinite(scores) | (scores < spec.low) | (scores > spec.high)
         names = [None if o else spec.names[i] for i, o in zip(idx, outside, strict=True)]
         classes = list(spec.names)
     return names, classes
@@ -292,7 +300,9 @@ def load_splits(path: str | Path) -> DatasetDict:
             f"{path} holds no prepared splits: they are made by the prepare stage "
             f"(run `dvc repro prepare@{path.name}`)"
         )
-    return load_from_disk(str(path))
+    # In memory: the splits are small, and a later .map() must never write cache files into
+    # a DVC output folder (that would change its hash).
+    return load_from_disk(str(path), keep_in_memory=True)
 
 
 def split_stats(splits: DatasetDict, tokenizer: Any | None) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class StageRun:
         self._call("set_tags", self._mlflow.set_tags, {k: str(v) for k, v in tags.items()})
 
 
-class start_stage_run:  # noqa: N801 - used like a function in a `with` statement
+class start_stage_run:
     """Context manager: ``with start_stage_run("prepare", "sentiment", ...) as run: ...``.
 
     Run name ``<stage>@<item>``; tags ``git_commit``, ``dvc_exp_name``, ``stage`` and the
@@ -145,14 +145,19 @@ class start_stage_run:  # noqa: N801 - used like a function in a `with` statemen
                 "MLFLOW_TRACKING_URI (default: sqlite:///mlflow.db at the repo root)"
             ) from exc
         self._run = StageRun(mlflow, run, uri)
-        self._run.set_tags(
-            {
-                "git_commit": git_commit(self.root),
-                "dvc_exp_name": dvc_exp_name(),
-                "stage": self.stage,
-                **self.tags,
-            }
-        )
+        try:
+            self._run.set_tags(
+                {
+                    "git_commit": git_commit(self.root),
+                    "dvc_exp_name": dvc_exp_name(),
+                    "stage": self.stage,
+                    **self.tags,
+                }
+            )
+        except BaseException:
+            # __exit__ does not run when __enter__ raises: close the run here.
+            mlflow.end_run(status="FAILED")
+            raise
         logger.info("MLflow run %s (%s@%s) at %s", run.info.run_id, self.stage, self.item, uri)
         return self._run
 
