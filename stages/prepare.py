@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
             splits.save_to_disk(str(staging.dir(paths.prepared(key))))
             io.write_json(staging.file(paths.prepare_metrics(key)), metrics)
             run.log_metrics(metrics)
-        logger.info(
-            "prepared %s: %s", key, {s: len(splits[s]) for s in data.SPLITS}
-        )
+        logger.info("prepared %s: %s", key, {s: len(splits[s]) for s in data.SPLITS})
     return metrics
 
 

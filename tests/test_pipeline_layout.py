@@ -40,6 +40,21 @@ PATH_TEMPLATES: dict[str, Callable[[Paths, Any], Path]] = {
     "results/${item.model}/${item.task}/s${item.seed}/similarity.csv": (
         lambda p, i: p.similarity_csv(**i)
     ),
+    "models/${item.model}/${item.task}/s${item.seed}/sae": lambda p, i: p.saes(**i),
+    "metrics/sae/${item.model}/${item.task}/s${item.seed}.json": lambda p, i: p.sae_metrics(**i),
+    "plots/sae/${item.model}/${item.task}/s${item.seed}.csv": lambda p, i: p.sae_curve(**i),
+    "results/${item.model}/${item.task}/s${item.seed}/features.json": (
+        lambda p, i: p.features_json(**i)
+    ),
+    "results/${item.model}/${item.task}/s${item.seed}/features.csv": (
+        lambda p, i: p.features_csv(**i)
+    ),
+    "results/${item.model}/${item.task}/s${item.seed}/token_maps": lambda p, i: p.token_maps(**i),
+    "metrics/features/${item.model}/${item.task}/s${item.seed}.json": (
+        lambda p, i: p.features_metrics(**i)
+    ),
+    "paper": lambda p, _: p.paper(),
+    "metrics/paper.json": lambda p, _: p.paper_metrics(),
 }
 
 _VAR = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
@@ -193,5 +208,7 @@ def test_deps_exist_or_are_produced(stages) -> None:
     for name, item, _, concrete in stages:
         for dep in concrete.get("deps", []):
             path = Path(entry_path(dep))
-            made = any(path == out or out in path.parents for out in produced)
+            made = any(
+                path == out or out in path.parents or path in out.parents for out in produced
+            )
             assert made or (REPO_ROOT / path).exists(), f"stage {name}@{item}: dep {path} missing"

@@ -315,28 +315,50 @@ class CompareParams:
 
 @dataclass
 class SAEParams:
-    """Sparse autoencoders on the activation stores."""
+    """Sparse autoencoders on the activation stores (see bench/RESULTS.md for the sweep behind
+    the defaults)."""
 
     sparsity: Literal["l1", "topk"] = "l1"
+    """``l1``: ReLU + L1 penalty (the paper's kind); ``topk``: keep the k largest."""
     expansion: float = 4.0
     """Dictionary width = expansion x model width (the paper: 1024/768 = 1.333)."""
-    l1_coefficient: float = 5.0
-    k: int = 32
+    l1_coefficient: float = 1.5
+    """L1 weight on the per-token sum of feature activations, in scaled space (activations
+    scaled to mean norm sqrt(d)). The paper's ``1e-3 * mean|z|`` on unscaled data corresponds to
+    about ``1e-3 * d / F * scale``."""
+    k: int = 64
     """Active features per token for ``topk``."""
-    learning_rate: float = 3e-4
-    warmup_steps: int = 100
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    lr_decay_ratio: float = 0.2
+    """Final fraction of steps over which the learning rate decays linearly to ~0."""
     batch_size: int = 1024
-    epochs: float = 2.0
+    train_tokens: int | None = 600_000
+    """Training tokens per SAE (several passes over a small store); or set ``epochs``."""
+    epochs: float | None = None
+    """Passes over the training store; exactly one of ``epochs`` and ``train_tokens``."""
     pooling: Literal["token", "mean"] = "token"
     """``token``: train on every token (the field's standard); ``mean``: on mean-pooled
     sentence activations (the paper's choice)."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Training matmul precision: ``auto`` = bfloat16 autocast where the hardware runs it fast
+    (CUDA with bf16, CPUs with AMX), else float32. Evaluation is always float32."""
     eval_batch_size: int = 4096
 
     def validate(self, prefix: str) -> None:
-        for name in ("expansion", "learning_rate", "batch_size", "epochs", "eval_batch_size"):
+        for name in ("expansion", "learning_rate", "batch_size", "eval_batch_size"):
             _positive(prefix, name, getattr(self, name))
+        if (self.epochs is None) == (self.train_tokens is None):
+            raise ConfigError(
+                f"set exactly one of {prefix}.epochs={self.epochs!r} and "
+                f"{prefix}.train_tokens={self.train_tokens!r} (the other null)"
+            )
+        for name in ("epochs", "train_tokens"):
+            if getattr(self, name) is not None:
+                _positive(prefix, name, getattr(self, name))
         _non_negative(prefix, "l1_coefficient", self.l1_coefficient)
         _non_negative(prefix, "warmup_steps", self.warmup_steps)
+        _fraction(prefix, "lr_decay_ratio", self.lr_decay_ratio, open_right=True)
         if self.k <= 0:
             raise ConfigError(f"{prefix}.k={self.k} must be > 0")
 

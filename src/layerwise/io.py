@@ -175,6 +175,7 @@ def require(path: str | Path, made_by: str) -> Path:
     """Return ``path`` if it exists, else fail naming the stage that makes it."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: it is made by the {made_by} stage "
-                                f"(run `dvc repro {made_by}` first)")
+        raise FileNotFoundError(
+            f"{path} not found: it is made by the {made_by} stage (run `dvc repro {made_by}` first)"
+        )
     return path

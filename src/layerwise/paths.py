@@ -71,3 +71,6 @@ class Paths:
     # paper
     def paper(self) -> Path:
         return self.root / "paper"
+
+    def paper_metrics(self) -> Path:
+        return self.root / "metrics" / "paper.json"

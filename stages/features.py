@@ -1,0 +1,96 @@
+"""features@<model>-<task>-<seed>: which SAE features change with fine-tuning, layer by layer:
+top-variance features with texts and tokens, label selectivity, PT/FT dictionary overlap, token
+maps and the generated qualitative table."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from layerwise import io, tracking
+from layerwise.cli import parse_stage_args
+from layerwise.config import section_dict
+from layerwise.data import load_splits
+from layerwise.paths import Paths
+from layerwise.runtime import quiet_libraries, setup_logging
+
+logger = logging.getLogger("features")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    setup_logging()
+    quiet_libraries()
+    args = parse_stage_args(__doc__, argv, task=True, model=True, seed=True)
+    p, paths = args.params, Paths(args.root)
+    model_def = p.model(args.model)
+    key = (args.model, args.task, args.seed)
+    store_root = io.require(paths.activations(*key), f"compare@{args.item}")
+    sae_root = io.require(paths.saes(*key), f"sae@{args.item}")
+    splits = load_splits(paths.prepared(args.task))
+
+    from layerwise.features_runner import LAYER_COLUMNS, analyse, summary_metrics
+    from layerwise.figures import plot_token_maps
+    from layerwise.models import load_config, load_tokenizer, num_layers
+
+    tokenizer = load_tokenizer(model_def.source)
+    n_model_layers = num_layers(load_config(model_def.source))
+    analysis = splits["analysis"]
+    label_names = list(analysis.features["label"].names)
+    used = {
+        **{f"features.{k}": v for k, v in section_dict(p.features).items()},
+        f"models.{args.model}.layers": model_def.layers,
+        "seed": args.seed,
+    }
+    tags = {"task": args.task, "model": args.model, "seed": args.seed}
+    with tracking.start_stage_run(
+        "features", args.item, p.mlflow.experiment, tags, root=args.root
+    ) as run:
+        run.log_params(used)
+        result = analyse(
+            store_root,
+            sae_root,
+            model_def.layers,
+            n_model_layers,
+            list(analysis["text"]),
+            np.asarray(analysis["label"]),
+            label_names,
+            tokenizer,
+            p.features,
+            args.seed,
+        )
+        metrics = summary_metrics(result)
+        with io.Staging() as staging:
+            io.write_json(staging.file(paths.features_json(*key)), result)
+            io.write_csv(staging.file(paths.features_csv(*key)), result["layers"], LAYER_COLUMNS)
+            io.write_json(staging.file(paths.features_metrics(*key)), metrics)
+            maps = staging.dir(paths.token_maps(*key))
+            io.write_json(maps / "token_maps.json", result["examples"])
+            units = [f"{w}_L{layer}" for layer in model_def.layers for w in ("pt", "ft")]
+            plot_token_maps(
+                result["examples"],
+                units,
+                maps / "token_maps.png",
+                title=f"{args.task}: top-feature activation per token ({args.model})",
+                dpi=p.paper.dpi,
+            )
+            run.log_metrics(metrics)
+            run.log_artifacts(maps, "token_maps")
+        for row in result["layers"]:
+            logger.info(
+                "layer %d: MMCS %.3f (kept %.0f%%)  selectivity top-%d PT %.3f FT %.3f  "
+                "selective frac PT %.3f FT %.3f",
+                row["layer"],
+                row["mmcs"],
+                100 * row["kept_frac"],
+                p.features.top_n,
+                row["selectivity_top_pt"],
+                row["selectivity_top_ft"],
+                row["selective_frac_pt"],
+                row["selective_frac_ft"],
+            )
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

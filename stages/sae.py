@@ -1,0 +1,133 @@
+"""sae@<model>-<task>-<seed>: sparse autoencoders on the early/middle/late layers of the PT and
+FT models, judged by MSE, explained variance, L0, dead/dense fractions and spliced accuracy."""
+
+from __future__ import annotations
+
+import logging
+
+from layerwise import io, tracking
+from layerwise.cli import parse_stage_args
+from layerwise.config import section_dict
+from layerwise.data import load_splits
+from layerwise.paths import Paths
+from layerwise.runtime import quiet_libraries, seed_everything, setup_logging
+from layerwise.tracking import git_commit
+
+logger = logging.getLogger("sae")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    setup_logging()
+    quiet_libraries()
+    args = parse_stage_args(__doc__, argv, task=True, model=True, seed=True)
+    p, paths = args.params, Paths(args.root)
+    model_def = p.model(args.model)
+    made_by = f"compare@{args.item}"
+    store_root = io.require(paths.activations(args.model, args.task, args.seed), made_by)
+    ft_dir = io.require(paths.finetuned(args.model, args.task, args.seed), f"finetune@{args.item}")
+
+    from layerwise.activations import ActivationStore
+    from layerwise.models import load_classifier, load_tokenizer, pick_device
+    from layerwise.sae import save_sae
+    from layerwise.sae_runner import (
+        METRIC_KEYS,
+        check_sae_params,
+        spliced_accuracy,
+        train_and_evaluate,
+    )
+
+    store = ActivationStore.open(store_root, "train")
+    check_sae_params(p.sae, int(store.meta["dim"]))
+    device = pick_device()
+    used = {
+        **{f"sae.{k}": v for k, v in section_dict(p.sae).items()},
+        f"models.{args.model}.layers": model_def.layers,
+        "seed": args.seed,
+        "device": str(device),
+    }
+    tags = {"task": args.task, "model": args.model, "seed": args.seed}
+    with tracking.start_stage_run(
+        "sae", args.item, p.mlflow.experiment, tags, root=args.root
+    ) as run:
+        run.log_params(used)
+        seed_everything(args.seed)
+
+        def log_curve(step: int, rows: list[dict]) -> None:
+            for i, row in enumerate(rows):
+                run.log_metrics(
+                    {
+                        f"train/{k}/{i}": v
+                        for k, v in row.items()
+                        if k in ("loss", "mse_loss", "l0")
+                    },
+                    step=step,
+                )
+
+        meta = {
+            "model": args.model,
+            "task": args.task,
+            "seed": args.seed,
+            "git_commit": git_commit(args.root),
+        }
+        result = train_and_evaluate(
+            store_root, model_def.layers, p.sae, args.seed, device, on_log=log_curve, meta=meta
+        )
+        metrics = dict(result.metrics)
+        splits = load_splits(paths.prepared(args.task))
+        texts, labels = list(splits["val"]["text"]), splits["val"]["label"]
+        classifier = load_classifier(str(ft_dir)).to(device).eval()
+        tokenizer = load_tokenizer(str(ft_dir))
+        kwargs = dict(
+            max_length=p.finetune.max_length, batch_size=p.finetune.eval_batch_size, device=device
+        )
+        import numpy as np
+
+        labels = np.asarray(labels)
+        metrics["ft/accuracy_clean"] = spliced_accuracy(
+            classifier, tokenizer, texts, labels, 0, None, **kwargs
+        )
+        for layer in model_def.layers:
+            name = f"ft_L{layer}"
+            metrics[f"{name}/ft_accuracy_spliced"] = (
+                spliced_accuracy(
+                    classifier, tokenizer, texts, labels, layer, result.saes[name], **kwargs
+                )
+                if p.sae.pooling == "token"
+                else float("nan")
+            )
+        with io.Staging() as staging:
+            sae_root = staging.dir(paths.saes(args.model, args.task, args.seed))
+            for name, sae in result.saes.items():
+                save_sae(
+                    sae.cpu(),
+                    sae_root / name,
+                    extra={
+                        "params": section_dict(p.sae),
+                        "eval": {k: metrics[f"{name}/{k}"] for k in METRIC_KEYS},
+                    },
+                )
+            io.write_json(
+                staging.file(paths.sae_metrics(args.model, args.task, args.seed)), metrics
+            )
+            curve = staging.file(paths.sae_curve(args.model, args.task, args.seed))
+            io.write_csv(curve, result.curve)
+            run.log_metrics(metrics)
+            run.log_artifact(curve, "plots")
+        for name in result.saes:
+            logger.info(
+                "%s: FVU %.3f  L0 %.1f  dead %.1f%%  dense %.1f%%%s",
+                name,
+                metrics[f"{name}/fvu"],
+                metrics[f"{name}/l0"],
+                100 * metrics[f"{name}/dead_frac"],
+                100 * metrics[f"{name}/dense_frac"],
+                f"  spliced acc {metrics[f'{name}/ft_accuracy_spliced']:.3f} "
+                f"(clean {metrics['ft/accuracy_clean']:.3f})"
+                if name.startswith("ft")
+                else "",
+            )
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
