@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
                     {k: row[k] for k in ("cosine", "cka", "probe_pt", "probe_ft")},
                     step=row["layer"],
                 )
-            run.log_artifact(csv_path, "similarity")
+            run.log_artifact(csv_path, "similarity", name="similarity.csv")
         for row in result.layers:
             logger.info(
                 "layer %d: cosine %.3f [%.3f, %.3f]  CKA %.3f [%.3f, %.3f]  probe PT %.3f FT %.3f",

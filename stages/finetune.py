@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
             curve = staging.file(paths.finetune_curve(*args_key(args)))
             io.write_csv(curve, result.curve)
             run.log_metrics(metrics)
-            run.log_artifact(curve, "plots")
+            run.log_artifact(curve, "plots", name=paths.finetune_curve(*args_key(args)).name)
         logger.info(
             "%s: val accuracy PT head %.3f, PT probe %.3f, FT %.3f (macro-F1 %.3f) in %.0f s",
             args.item,

@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
             curve = staging.file(paths.sae_curve(args.model, args.task, args.seed))
             io.write_csv(curve, result.curve)
             run.log_metrics(metrics)
-            run.log_artifact(curve, "plots")
+            run.log_artifact(
+                curve, "plots", name=paths.sae_curve(args.model, args.task, args.seed).name
+            )
         for name in result.saes:
             logger.info(
                 "%s: FVU %.3f  L0 %.1f  dead %.1f%%  dense %.1f%%%s",

@@ -182,7 +182,13 @@ def tiny_params(tmp_path: Path, tiny_bert_dir: Path, keyword_csv: Path) -> Path:
             "n_blocks": 4,
             "probe_folds": 3,
         },
-        "sae": {"batch_size": 64, "epochs": 2, "warmup_steps": 5, "expansion": 2},
+        "sae": {
+            "batch_size": 64,
+            "epochs": 2,
+            "train_tokens": None,
+            "warmup_steps": 5,
+            "expansion": 2,
+        },
         "features": {"top_n": 3, "top_k": 3, "token_min_count": 1},
     }
     for section, values in overrides.items():

@@ -191,8 +191,7 @@ class StoreWriter:
 
 
 def special_token_mask(input_ids: torch.Tensor, special_ids: list[int]) -> torch.Tensor:
-    """True where a token is [CLS]/[SEP]/[PAD]-like (excluded from stores and, optionally,
-    from similarity)."""
+    """True where a token is [CLS]/[SEP]/[PAD]-like (optionally excluded from similarity)."""
     import torch
 
     return torch.isin(input_ids, torch.tensor(special_ids, device=input_ids.device))
@@ -228,12 +227,6 @@ class PairedEncoders:
         return pt, ft
 
 
-def content_token_ids(token_ids: list[list[int]], special_ids: list[int]) -> list[np.ndarray]:
-    """Positions of non-special tokens per text (what the stores keep)."""
-    special = set(special_ids)
-    return [np.array([p for p, t in enumerate(ids) if t not in special]) for ids in token_ids]
-
-
 def write_store(
     encoders: PairedEncoders,
     token_ids: list[list[int]],
@@ -242,12 +235,12 @@ def write_store(
     directory: Path,
     batch_size: int,
     pad_id: int,
-    special_ids: list[int],
     meta: dict[str, Any],
     on_batch: Any = None,
     progress: str | None = None,
 ) -> int:
-    """Store PT and FT token activations (non-special tokens) of ``layers`` for the given texts.
+    """Store PT and FT token activations of ``layers`` for every non-padding token of the
+    given texts ([CLS]/[SEP] included: the classifier reads [CLS], so SAE splicing must cover it).
 
     ``text_ids`` are the texts' indices in their split (recorded in the index); ``on_batch(
     pt_states, ft_states, batch, idx)`` lets the caller reuse the same forward pass (the
@@ -255,7 +248,7 @@ def write_store(
     """
     from tqdm import tqdm
 
-    keep = content_token_ids(token_ids, special_ids)
+    keep = [np.arange(len(ids)) for ids in token_ids]
     n_tokens = int(sum(len(k) for k in keep))
     dim = encoders.pt.config.hidden_size
     names = [store_name(w, layer) for w in ("pt", "ft") for layer in layers]

@@ -111,10 +111,7 @@ def run_compare(
             mask &= ~special_token_mask(batch["input_ids"], special)
         acc.update(pt, ft, mask, idx)
 
-    # Stores keep every non-padding token, [CLS]/[SEP] included: the classifier reads [CLS], so
-    # splicing SAE reconstructions into the model is only meaningful if the SAE covers it.
-    store_excluded: list[int] = []
-    meta = {"max_length": max_length, "special_ids": special, "special_ids_excluded": []}
+    meta = {"max_length": max_length, "special_ids": special}
     n_analysis = write_store(
         encoders,
         ids,
@@ -123,7 +120,6 @@ def run_compare(
         store_dir / "analysis",
         params.batch_size,
         tokenizer.pad_token_id,
-        store_excluded,
         {**meta, "split": "analysis", "labels": list(analysis["label"])},
         on_batch=on_batch,
         progress="analysis (similarity + store)" if progress else None,
@@ -141,7 +137,6 @@ def run_compare(
         store_dir / "train",
         params.batch_size,
         tokenizer.pad_token_id,
-        store_excluded,
         {
             **meta,
             "split": "train",

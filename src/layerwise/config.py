@@ -294,7 +294,8 @@ class CompareParams:
     """Exclude [CLS]/[SEP] tokens from token-level similarity (the paper kept them)."""
     batch_size: int = 32
     token_budget: int = 100_000
-    """Max train-split tokens stored per layer for SAE training."""
+    """Train-split tokens stored per layer for SAE training: whole texts are added (seeded
+    order) until the count reaches this, so the store holds at least this many (or all)."""
     n_boot: int = 1000
     """Bootstrap resamples (cosine, probe CIs)."""
     n_blocks: int = 10

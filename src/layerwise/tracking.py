@@ -97,8 +97,22 @@ class StageRun:
         if numeric:
             self._call("log_metrics", self._mlflow.log_metrics, numeric, step=step)
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call("log_artifact", self._mlflow.log_artifact, str(path), artifact_path)
+    def log_artifact(
+        self, path: str | Path, artifact_path: str | None = None, name: str | None = None
+    ) -> None:
+        """Log a file; ``name`` renames it in the store (staged outputs live under temp names
+        until they are committed, but the artifact should carry the final name)."""
+        path = Path(path)
+        if name is None or name == path.name:
+            self._call("log_artifact", self._mlflow.log_artifact, str(path), artifact_path)
+            return
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            renamed = Path(tmp) / name
+            shutil.copyfile(path, renamed)
+            self._call("log_artifact", self._mlflow.log_artifact, str(renamed), artifact_path)
 
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         self._call("log_artifacts", self._mlflow.log_artifacts, str(directory), artifact_path)
@@ -136,6 +150,12 @@ class start_stage_run:
         uri = tracking_uri(self.root)
         try:
             mlflow.set_tracking_uri(uri)
+            if mlflow.get_experiment_by_name(self.experiment) is None:
+                # Artifacts beside the store's root, not in whatever directory we run from.
+                mlflow.create_experiment(
+                    self.experiment,
+                    artifact_location=(self.root.resolve() / "mlartifacts").as_uri(),
+                )
             mlflow.set_experiment(self.experiment)
             run = mlflow.start_run(run_name=f"{self.stage}@{self.item}")
         except Exception as exc:
