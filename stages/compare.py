@@ -9,7 +9,13 @@ from layerwise import io, tracking
 from layerwise.cli import parse_stage_args
 from layerwise.config import section_dict
 from layerwise.data import load_splits
-from layerwise.models import check_layers, load_config, load_tokenizer, pick_device
+from layerwise.models import (
+    check_layers,
+    check_max_length,
+    load_config,
+    load_tokenizer,
+    pick_device,
+)
 from layerwise.paths import Paths
 from layerwise.runtime import quiet_libraries, seed_everything, setup_logging
 
@@ -26,6 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     pt_config, ft_config = load_config(model_def.source), load_config(str(ft_dir))
     check_layers(model_def.layers, pt_config, f"models.{args.model}.layers")
     pt_tok, ft_tok = load_tokenizer(model_def.source), load_tokenizer(str(ft_dir))
+    check_max_length(p.finetune.max_length, pt_config, pt_tok, "finetune.max_length")
 
     from layerwise.activations import PairedEncoders
     from layerwise.compare import CI_METHODS, LAYER_COLUMNS, check_pair, run_compare

@@ -27,7 +27,14 @@ def main(argv: list[str] | None = None) -> dict:
     ft_dir = io.require(paths.finetuned(args.model, args.task, args.seed), f"finetune@{args.item}")
 
     from layerwise.activations import ActivationStore
-    from layerwise.models import load_classifier, load_tokenizer, pick_device
+    from layerwise.models import (
+        check_layers,
+        check_max_length,
+        load_classifier,
+        load_config,
+        load_tokenizer,
+        pick_device,
+    )
     from layerwise.sae import save_sae
     from layerwise.sae_runner import (
         METRIC_KEYS,
@@ -38,6 +45,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     store = ActivationStore.open(store_root, "train")
     check_sae_params(p.sae, int(store.meta["dim"]))
+    ft_config = load_config(str(ft_dir))
+    check_layers(model_def.layers, ft_config, f"models.{args.model}.layers")
+    check_max_length(
+        p.finetune.max_length, ft_config, load_tokenizer(str(ft_dir)), "finetune.max_length"
+    )
     device = pick_device()
     used = {
         **{f"sae.{k}": v for k, v in section_dict(p.sae).items()},

@@ -217,7 +217,9 @@ def finetune(
             "train/final_loss": float(train_out.training_loss),
         }
     )
-    trainer.save_model(str(output_dir))  # safetensors + config (id2label: the label names)
+    # safetensors + config (id2label: the label names). Not trainer.save_model: it also pickles
+    # the TrainingArguments (with a temp path), which would change the folder's hash every run.
+    trainer.model.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     return FinetuneResult(
         metrics=metrics,

@@ -40,6 +40,17 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def clean_stale(final: Path) -> None:
+    """Remove temp siblings a killed earlier run left behind for ``final`` (they would pile up
+    and change the hash of directories that DVC tracks as deps)."""
+    if not final.parent.is_dir():
+        return
+    for prefix in (f"{TMP_PREFIX}{final.name}-", f"{TMP_PREFIX}old-{final.name}-"):
+        for stale in final.parent.glob(f"{prefix}*"):
+            logger.info("removing %s left by an interrupted run", stale)
+            _remove(stale)
+
+
 def replace_path(tmp: Path, final: Path) -> None:
     """Move ``tmp`` to ``final``, replacing what was there (files: atomic; dirs: near-atomic,
     the old dir is moved aside first and removed after the swap)."""
@@ -77,6 +88,7 @@ class Staging:
     def _register(self, final: Path, is_dir: bool) -> Path:
         if final in self._pending:
             return self._pending[final]
+        clean_stale(final)
         tmp = _tmp_sibling(final, is_dir)
         self._pending[final] = tmp
         return tmp

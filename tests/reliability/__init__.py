@@ -1,0 +1,1 @@
+"""Reliability tests: bad inputs, kill and resume, determinism, tracking faults."""
