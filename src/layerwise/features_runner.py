@@ -139,8 +139,11 @@ def analyse(
                 "top_features": feats,
             }
             for ex in examples:
+                # Of the unit's top-variance features, the three most active on this text: a
+                # map of features that stay silent on the example shows nothing.
+                shown = top[np.argsort(-tf.per_text[ex, top], kind="stable")[:3]]
                 tm = F.token_map(
-                    encode, acts, text_id, position, token_id, ex, top[:3], d_in=sae.cfg.d_in
+                    encode, acts, text_id, position, token_id, ex, shown, d_in=sae.cfg.d_in
                 )
                 entry = _example_entry(
                     out["examples"], ex, labels, label_names, texts, tm, tokenizer
