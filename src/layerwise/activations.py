@@ -246,38 +246,48 @@ def write_store(
     pt_states, ft_states, batch, idx)`` lets the caller reuse the same forward pass (the
     similarity statistics of the analysis split), so no text is run through a model twice.
     """
+    import torch
     from tqdm import tqdm
 
-    keep = [np.arange(len(ids)) for ids in token_ids]
-    n_tokens = int(sum(len(k) for k in keep))
+    lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
+    n_tokens = int(lengths.sum())
     dim = encoders.pt.config.hidden_size
     names = [store_name(w, layer) for w in ("pt", "ft") for layer in layers]
     writer = StoreWriter(directory, names, n_tokens, dim)
-    batches = length_sorted_batches([len(t) for t in token_ids], batch_size)
-    # Rows are written grouped by text in split order, whatever order the batches come in:
-    # compute each text's row offset up front.
-    offsets = np.concatenate([[0], np.cumsum([len(k) for k in keep])])
+    # Rows are grouped by text in split order, whatever order the batches come in: each text's
+    # row offset is known up front, and so is the whole index.
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    writer.index[:] = np.stack(
+        [
+            np.repeat(np.asarray(text_ids), lengths),
+            np.concatenate([np.arange(n) for n in lengths]),
+            np.concatenate([np.asarray(ids) for ids in token_ids]),
+        ],
+        axis=1,
+    ).astype(np.int32)
+    fp16_max = float(np.finfo(STORE_DTYPE).max)
+    batches = length_sorted_batches(lengths, batch_size)
     for idx in tqdm(batches, desc=progress, disable=progress is None, unit="batch"):
         batch = pad_batch([token_ids[i] for i in idx], pad_id, encoders.device)
         pt, ft = encoders.hidden_states(batch)
         if on_batch is not None:
             on_batch(pt, ft, batch, idx)
-        for row, i in enumerate(idx):
-            pos = keep[i]
-            if len(pos) == 0:
-                continue
-            rows = {}
-            for which, states in (("pt", pt), ("ft", ft)):
-                for layer in layers:
-                    rows[store_name(which, layer)] = states[layer][row, pos].float().cpu().numpy()
-            index_rows = np.stack(
-                [
-                    np.full(len(pos), text_ids[i]),
-                    pos,
-                    np.asarray(token_ids[i])[pos],
-                ],
-                axis=1,
-            ).astype(np.int32)
-            writer.write(int(offsets[i]), rows, index_rows)
+        mask = batch["attention_mask"].bool()
+        # One gather and one conversion per store and batch (rows come out text by text, in
+        # position order), then a slice copy per text into the memmap.
+        bounds = np.concatenate([[0], np.cumsum(lengths[idx])])
+        for which, states in (("pt", pt), ("ft", ft)):
+            for layer in layers:
+                name = store_name(which, layer)
+                flat = states[layer][mask]
+                if not bool(torch.isfinite(flat).all()):
+                    raise ValueError(f"non-finite activations for store {name!r}")
+                if float(flat.abs().max()) > fp16_max:
+                    raise ValueError(f"activations of {name!r} overflow float16")
+                values = flat.to(torch.float16).cpu().numpy()
+                target = writer.arrays[name]
+                for j, i in enumerate(idx):
+                    target[offsets[i] : offsets[i + 1]] = values[bounds[j] : bounds[j + 1]]
+        writer.written += int(bounds[-1])
     writer.close({**meta, "n_texts": len(token_ids), "layers": layers, "dim": dim})
     return n_tokens
