@@ -238,6 +238,7 @@ def write_store(
     meta: dict[str, Any],
     on_batch: Any = None,
     progress: str | None = None,
+    batches: list[np.ndarray] | None = None,
 ) -> int:
     """Store PT and FT token activations of ``layers`` for every non-padding token of the
     given texts ([CLS]/[SEP] included: the classifier reads [CLS], so SAE splicing must cover it).
@@ -245,6 +246,7 @@ def write_store(
     ``text_ids`` are the texts' indices in their split (recorded in the index); ``on_batch(
     pt_states, ft_states, batch, idx)`` lets the caller reuse the same forward pass (the
     similarity statistics of the analysis split), so no text is run through a model twice.
+    ``batches`` (text index arrays) default to :func:`length_sorted_batches`.
     """
     import torch
     from tqdm import tqdm
@@ -266,7 +268,8 @@ def write_store(
         axis=1,
     ).astype(np.int32)
     fp16_max = float(np.finfo(STORE_DTYPE).max)
-    batches = length_sorted_batches(lengths, batch_size)
+    if batches is None:
+        batches = length_sorted_batches(lengths, batch_size)
     for idx in tqdm(batches, desc=progress, disable=progress is None, unit="batch"):
         batch = pad_batch([token_ids[i] for i in idx], pad_id, encoders.device)
         pt, ft = encoders.hidden_states(batch)

@@ -19,6 +19,7 @@ import numpy as np
 from layerwise.activations import (
     PairedEncoders,
     budget_texts,
+    length_sorted_batches,
     special_token_mask,
     tokenize_texts,
     write_store,
@@ -29,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 CI_METHODS = {
     "cosine": "percentile bootstrap over texts",
-    "cka": "leave-one-block-out jackknife over contiguous text blocks (t interval)",
+    "cka": "leave-one-block-out jackknife over text blocks (length-sorted batch b in block "
+    "b mod n_blocks; t interval)",
     "probe": "percentile bootstrap over texts of out-of-fold correctness",
 }
 
@@ -96,6 +98,13 @@ def run_compare(
     special = sorted(set(tokenizer.all_special_ids))
     analysis = splits["analysis"]
     ids = tokenize_texts(tokenizer, list(analysis["text"]), max_length)
+    # Jackknife blocks: batch b (length-sorted) goes to block b mod n_blocks, so every block
+    # spans all text lengths (contiguous text-index blocks would follow the source file's order,
+    # e.g. BBC's label folders) and every batch updates one block only (one matmul per product).
+    batches = length_sorted_batches([len(x) for x in ids], params.batch_size)
+    block_of = np.zeros(len(ids), dtype=np.int64)
+    for b, idx in enumerate(batches):
+        block_of[idx] = b % params.n_blocks
     acc = LayerSimilarityAccumulator(
         n_layers,
         dim,
@@ -103,6 +112,7 @@ def run_compare(
         n_blocks=params.n_blocks,
         device=encoders.device,
         matmul_dtype=torch.float32,
+        block_of=block_of,
     )
 
     def on_batch(pt: tuple, ft: tuple, batch: dict, idx: np.ndarray) -> None:
@@ -123,6 +133,7 @@ def run_compare(
         {**meta, "split": "analysis", "labels": list(analysis["label"])},
         on_batch=on_batch,
         progress="analysis (similarity + store)" if progress else None,
+        batches=batches,
     )
 
     train_ids = tokenize_texts(tokenizer, list(splits["train"]["text"]), max_length)

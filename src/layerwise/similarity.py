@@ -239,7 +239,8 @@ class LayerSimilarityAccumulator:
             row indices in ``0 .. n_texts - 1``. A text may span several updates (its statistics
             add up).
         n_blocks: number of contiguous text-index blocks for the CKA jackknife; text ``i`` belongs
-            to block ``i * n_blocks // n_texts``. Memory grows linearly with it (module docstring).
+            to block ``i * n_blocks // n_texts`` unless ``block_of`` says otherwise. Memory grows
+            linearly with it (module docstring).
             The jackknife treats blocks as exchangeable, so text indices should not be sorted by
             label, source or length (a shuffled split is fine); sorted indices make the SE
             conservative rather than wrong, since between-block differences inflate it.
@@ -280,6 +281,7 @@ class LayerSimilarityAccumulator:
         device: str | torch.device = "cpu",
         pooled_device: str | torch.device | None = None,
         matmul_dtype: torch.dtype = torch.float32,
+        block_of: np.ndarray | Sequence[int] | None = None,
     ) -> None:
         if n_layers < 1 or dim < 1 or n_texts < 1 or n_blocks < 1:
             raise ValueError(
@@ -292,6 +294,16 @@ class LayerSimilarityAccumulator:
         self.dim = dim
         self.n_texts = n_texts
         self.n_blocks = n_blocks
+        if block_of is None:
+            block_of = np.arange(n_texts) * n_blocks // n_texts
+        block_of = np.asarray(block_of, dtype=np.int64)
+        if block_of.shape != (n_texts,) or block_of.min() < 0 or block_of.max() >= n_blocks:
+            raise ValueError(
+                f"block_of must give a block in 0..{n_blocks - 1} for each of {n_texts} texts"
+            )
+        # Which jackknife block each text belongs to. Callers that batch texts block by block
+        # (see compare) make every batch touch one block: one matmul per product and layer.
+        self._block_of = torch.from_numpy(block_of)
         self.device = torch.device(device)
         self.pooled_device = (
             torch.device(pooled_device) if pooled_device is not None else self.device
@@ -403,7 +415,7 @@ class LayerSimilarityAccumulator:
 
         mask_cpu = mask.detach().to("cpu").bool()
         row_counts = mask_cpu.sum(dim=1).to(torch.float64)
-        row_block = ids * self.n_blocks // self.n_texts
+        row_block = self._block_of[ids]
         self._text_count.index_add_(0, ids, row_counts)
         self._block_n.index_add_(0, row_block, row_counts)
 
