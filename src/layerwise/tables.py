@@ -32,8 +32,11 @@ from typing import Any, Literal
 import numpy as np
 
 from layerwise import claims as C
+from layerwise.compare import LAYER_COLUMNS as COMPARE_LAYER_COLUMNS
 from layerwise.config import Params
+from layerwise.features_runner import LAYER_COLUMNS as FEATURES_LAYER_COLUMNS
 from layerwise.paths import Paths
+from layerwise.sae_runner import METRIC_KEYS as SAE_RUNNER_METRIC_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -85,23 +88,8 @@ def paper_reference_cosine(depth: float | np.ndarray) -> np.ndarray:
 # Inputs
 # --------------------------------------------------------------------------------------------
 
-SIMILARITY_COLUMNS = (
-    "layer",
-    "depth",
-    "cosine",
-    "cosine_lo",
-    "cosine_hi",
-    "cka",
-    "cka_lo",
-    "cka_hi",
-    "probe_pt",
-    "probe_pt_lo",
-    "probe_pt_hi",
-    "probe_ft",
-    "probe_ft_lo",
-    "probe_ft_hi",
-    "n_tokens",
-)
+# Column and key sets come from the stages that write them, so they cannot drift apart.
+SIMILARITY_COLUMNS = tuple(COMPARE_LAYER_COLUMNS)
 CURVE_COLUMNS = ("step", "epoch", "train_loss", "val_loss", "val_accuracy")
 FINETUNE_KEYS = (
     "ft/accuracy",
@@ -112,19 +100,8 @@ FINETUNE_KEYS = (
     "pt_probe/macro_f1",
     "data/majority_accuracy",
 )
-SAE_METRIC_KEYS = ("mse", "explained_variance", "fvu", "l0", "dead_frac", "dense_frac", "cos_sim")
-FEATURE_LAYER_COLUMNS = (
-    "layer",
-    "depth",
-    "mmcs",
-    "kept_frac",
-    "selectivity_top_pt",
-    "selectivity_top_ft",
-    "selective_frac_pt",
-    "selective_frac_ft",
-    "alive_pt",
-    "alive_ft",
-)
+SAE_METRIC_KEYS = tuple(SAE_RUNNER_METRIC_KEYS)
+FEATURE_LAYER_COLUMNS = tuple(FEATURES_LAYER_COLUMNS)
 STAGES = ("prepare", "finetune", "compare", "sae", "features")
 
 
