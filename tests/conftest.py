@@ -7,11 +7,13 @@ Other test files rely on these names and behaviours; change them only together w
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 # No test may reach the network: the Hub is offline for the whole session (set before any
 # Hugging Face library reads it). Tests that exercise the Hub also patch it explicitly.
@@ -45,6 +47,25 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+def load_stage(name: str) -> ModuleType:
+    """``stages/<name>.py`` imported as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO_ROOT / f"stages/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is several times faster than two on a busy 2-core
+    machine (thread synchronisation dominates), and results do not depend on it. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_keyword_texts(n: int, seed: int) -> tuple[list[str], list[str]]:

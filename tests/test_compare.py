@@ -7,10 +7,8 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import importlib.util
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -20,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_PARAMS, REPO_ROOT, write_keyword_csv
+from conftest import REPO_PARAMS, load_stage, write_keyword_csv
 
 from layerwise import data, io
 from layerwise.activations import (
@@ -41,22 +39,7 @@ TOKEN_BUDGET = 300  # below the ~700 train tokens, so the budget binds
 SMALL = CompareParams(batch_size=16, token_budget=200, n_boot=50, n_blocks=4, probe_folds=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is several times faster than two on a busy 2-core
-    machine (thread synchronisation dominates), and results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def load_stage(name: str) -> ModuleType:
-    """``stages/<name>.py`` imported as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO_ROOT / f"stages/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, write_keyword_csv
+from conftest import load_stage, write_keyword_csv
 
 from layerwise import data, io
 from layerwise.config import ConfigError, FinetuneParams, LabelSpec, TaskDef
@@ -38,22 +36,7 @@ PARAMS = FinetuneParams(
 SEED = 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is several times faster than two on a busy 2-core
-    machine (thread synchronisation dominates), and results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def load_stage(name: str) -> ModuleType:
-    """``stages/<name>.py`` imported as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO_ROOT / f"stages/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
