@@ -238,6 +238,12 @@ def test_metrics_match_direct_computation_and_ignore_batch_size():
         x_hat = sae(xt).x_hat.double().numpy()
         z = sae.encode(xt).numpy()
     x64 = x.astype(np.float64)
+    # A pre-activation within float32 rounding of 0 may fire at one batch size and not at
+    # another (the BLAS picks a different summation order, e.g. gemv for batch 1): L0 may differ
+    # by those, and by nothing else.
+    pre = (x64 * 0.1 - sae.b_dec.detach().double().numpy()) @ sae.W_enc.detach().double().numpy()
+    pre += sae.b_enc.detach().double().numpy()
+    l0_slack = (np.abs(pre) < 1e-5).sum() / len(x) + 1e-12
     err = ((x64 - x_hat) ** 2).sum()
     expected_ev = 1 - err / ((x64 - x64.mean(0)) ** 2).sum()
     cos = (x64 * x_hat).sum(1) / np.linalg.norm(x64, axis=1) / np.linalg.norm(x_hat, axis=1)
@@ -245,7 +251,7 @@ def test_metrics_match_direct_computation_and_ignore_batch_size():
     for m in results:
         assert m["explained_variance"] == pytest.approx(expected_ev, abs=1e-6)
         assert m["mse"] == pytest.approx(err / x.size, rel=1e-5)
-        assert m["l0"] == pytest.approx((z > 0).sum(1).mean())
+        assert m["l0"] == pytest.approx((z > 0).sum(1).mean(), abs=l0_slack)
         assert m["cos_sim"] == pytest.approx(cos.mean(), abs=1e-5)
     assert results[0]["dead_frac"] == results[2]["dead_frac"]
 
