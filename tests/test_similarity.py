@@ -433,3 +433,24 @@ def test_text_split_across_updates() -> None:
         for key in rw:
             np.testing.assert_allclose(rs[key], rw[key], rtol=1e-10, err_msg=key)
     np.testing.assert_allclose(split.pooled(1, "ft"), whole.pooled(1, "ft"), rtol=1e-6)
+
+
+def test_onednn_products_equal_plain_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU float32 moment products (oneDNN when this torch has it) agree with ``a @ b.T``
+    and with the float64 direct formula; the plain-matmul fallback gives the same CKA."""
+    import layerwise.similarity as similarity
+
+    rng = np.random.default_rng(21)
+    a = torch.from_numpy(rng.normal(size=(24, 301))).float()  # odd sizes: tails of every kernel
+    b = torch.from_numpy(rng.normal(size=(17, 301))).float()
+    np.testing.assert_allclose(
+        similarity._matmul_nt(a, b).double(), a.double() @ b.double().T, rtol=1e-5, atol=1e-4
+    )
+    corpus = Corpus(n_texts=40, n_layers=2, dim=11, seed=22, min_len=3, max_len=30)
+    fast = _feed(corpus, dtype=torch.float32, batch_sizes=[7, 13, 20])
+    monkeypatch.setattr(similarity, "_onednn_linear", lambda: None)
+    plain = _feed(corpus, dtype=torch.float32, batch_sizes=[7, 13, 20])
+    rows = zip(fast.result(n_boot=20), plain.result(n_boot=20), strict=True)
+    for layer, (rf, rp) in enumerate(rows):
+        ref = linear_cka(corpus.tokens(layer, "pt"), corpus.tokens(layer, "ft"))
+        np.testing.assert_allclose([rf["cka"], rp["cka"]], [ref, ref], rtol=1e-6)
