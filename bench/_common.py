@@ -90,8 +90,10 @@ def machine_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         device = f"cuda ({torch.cuda.get_device_name(0)})"
     else:
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        device = f"cpu ({'AMX' if amx else 'no AMX'}), {torch.get_num_threads()} torch threads"
+        from layerwise.sae_runner import cpu_has_fast_bf16
+
+        bf16 = "native bf16" if cpu_has_fast_bf16() else "no native bf16"
+        device = f"cpu ({bf16}), {torch.get_num_threads()} torch threads"
     return {
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": os.cpu_count(),

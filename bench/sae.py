@@ -2,11 +2,11 @@
 
 Ours: ``layerwise.sae.train_saes`` with params.yaml's ``sae`` section (one SAE, as the stage
 trains each of its six; the stage's six share one pass over the data, so its per-SAE cost is at
-most this), in ``precision: auto`` (bfloat16 autocast on AMX CPUs and CUDA, else float32) and in
-float32. Peer: ``dictionary-learning`` 0.1.0 (saprmarks/dictionary_learning) from PyPI, its
-``StandardTrainer`` (ReLU + L1, unit-norm decoder via ``ConstrainedAdam``) and ``TopKTrainer``,
-driven by a loop written here that feeds it the very same batches (same seeded index sequence,
-same rows read from the same memmap each step).
+most this), in ``precision: auto`` (bfloat16 autocast on CPUs with native bf16 and CUDA, else
+float32) and in float32. Peer: ``dictionary-learning`` 0.1.0 (saprmarks/dictionary_learning)
+from PyPI, its ``StandardTrainer`` (ReLU + L1, unit-norm decoder via ``ConstrainedAdam``) and
+``TopKTrainer``, driven by a loop written here that feeds it the very same batches (same seeded
+index sequence, same rows read from the same memmap each step).
 
 Why these choices keep it fair:
 

@@ -343,7 +343,7 @@ class SAEParams:
     sentence activations (the paper's choice)."""
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     """Training matmul precision: ``auto`` = bfloat16 autocast where the hardware runs it fast
-    (CUDA with bf16, CPUs with AMX), else float32. Evaluation is always float32."""
+    (CUDA with bf16, CPUs with AMX or AVX512-BF16), else float32. Evaluation is always float32."""
     eval_batch_size: int = 4096
 
     def validate(self, prefix: str) -> None:

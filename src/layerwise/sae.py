@@ -698,9 +698,9 @@ def train_saes(
             exceed glibc's mmap threshold and are fresh, page-faulted mappings every step; one
             SAE's stay in the heap and in cache). The batch is read once per step either way.
         autocast_dtype: run the forward pass under ``torch.autocast`` with this dtype (e.g.
-            ``torch.bfloat16``: the encoder/decoder matmuls run in bf16 on CPUs with AMX or on
-            GPUs, several times faster; weights, optimizer state and the loss reduction stay
-            float32). None: plain float32.
+            ``torch.bfloat16``: the encoder/decoder matmuls run in bf16 on CPUs with AMX or
+            AVX512-BF16 and on GPUs, several times faster; weights, optimizer state and the loss
+            reduction stay float32). None: plain float32.
         log_every: steps between training-curve rows (the last step always logs). Each row
             averages the metrics over the steps since the previous row.
         on_log: called as ``on_log(step, rows)`` at each log point, with one dict per SAE
