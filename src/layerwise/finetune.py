@@ -20,6 +20,7 @@ import numpy as np
 
 from layerwise.activations import mean_pooled_last_layer, tokenize_texts
 from layerwise.config import FinetuneParams
+from layerwise.runtime import single_threaded_blas
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -76,8 +77,9 @@ def probe_baseline(
     probe = make_pipeline(
         StandardScaler(), LogisticRegression(max_iter=params.probe_max_iter, random_state=seed)
     )
-    probe.fit(feats["train"], np.asarray(splits["train"]["label"]))
-    return probe.predict(feats["val"])
+    with single_threaded_blas():
+        probe.fit(feats["train"], np.asarray(splits["train"]["label"]))
+        return probe.predict(feats["val"])
 
 
 @dataclass

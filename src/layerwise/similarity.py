@@ -755,6 +755,8 @@ def probe_accuracy(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from layerwise.runtime import single_threaded_blas
+
     x = np.asarray(features)
     y = np.asarray(labels)
     if x.ndim != 2:
@@ -781,7 +783,8 @@ def probe_accuracy(
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
     cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    pred = cross_val_predict(model, x, y, cv=cv)
+    with single_threaded_blas():
+        pred = cross_val_predict(model, x, y, cv=cv)
     correct = np.asarray(pred == y, dtype=bool)
     accuracy = float(correct.mean())
     lo, hi = bootstrap_ratio_ci(
