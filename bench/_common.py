@@ -90,7 +90,7 @@ def machine_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         device = f"cuda ({torch.cuda.get_device_name(0)})"
     else:
-        from layerwise.sae_runner import cpu_has_fast_bf16
+        from layerwise.models import cpu_has_fast_bf16
 
         bf16 = "native bf16" if cpu_has_fast_bf16() else "no native bf16"
         device = f"cpu ({bf16}), {torch.get_num_threads()} torch threads"

@@ -181,6 +181,24 @@ def test_ordinal_adds_within_one_accuracy(tiny_bert_dir: Path, splits: Any, tmp_
     assert all(result.metrics[k] == 1.0 for k in added)
 
 
+def test_precision_param_reaches_the_trainer(
+    tiny_bert_dir: Path, splits: Any, tmp_path: Path
+) -> None:
+    """finetune.precision float32 and bfloat16 both learn the task, and train differently:
+    the bf16 autocast took effect (``auto`` picks one of the two per machine)."""
+    runs = {
+        precision: run_finetune(
+            tiny_bert_dir,
+            splits,
+            tmp_path / precision,
+            dataclasses.replace(PARAMS, precision=precision),
+        ).metrics
+        for precision in ("float32", "bfloat16")
+    }
+    assert all(m["ft/accuracy"] >= 0.9 for m in runs.values())
+    assert runs["float32"]["train/final_loss"] != runs["bfloat16"]["train/final_loss"]
+
+
 def test_within_one_accuracy_counts_near_misses() -> None:
     """Within-one accuracy counts predictions off by at most one class (ordinal labels)."""
     labels, preds = np.array([0, 1, 2, 2, 4]), np.array([2, 1, 1, 0, 3])

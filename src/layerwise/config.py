@@ -275,6 +275,10 @@ class FinetuneParams:
     logging_steps: int = 10
     probe_max_iter: int = 2000
     """Iterations for the logistic-regression baseline probe."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Training precision: ``auto`` = bfloat16 autocast where the hardware multiplies bf16
+    natively (CUDA with bf16, CPUs with AMX or AVX512-BF16), float16 on other CUDA GPUs, else
+    float32."""
 
     def validate(self, prefix: str) -> None:
         for name in ("epochs", "batch_size", "learning_rate", "max_length", "eval_batch_size"):

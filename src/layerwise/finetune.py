@@ -127,10 +127,17 @@ def finetune(
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-    from layerwise.models import load_classifier, load_encoder, load_tokenizer, pick_device
+    from layerwise.models import (
+        autocast_dtype,
+        load_classifier,
+        load_encoder,
+        load_tokenizer,
+        pick_device,
+    )
     from layerwise.runtime import seed_everything
 
     device = device or pick_device()
+    mixed = autocast_dtype(params.precision, device)
     names = list(splits["train"].features["label"].names)
     tokenizer = load_tokenizer(model_source)
     seed_everything(seed)  # the new classification head is drawn from this seed
@@ -171,8 +178,8 @@ def finetune(
         data_seed=seed,
         report_to="none",
         use_cpu=device.type == "cpu",
-        fp16=device.type == "cuda" and not torch.cuda.is_bf16_supported(),
-        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        bf16=mixed == torch.bfloat16,
+        fp16=mixed is None and params.precision == "auto" and device.type == "cuda",
         dataloader_num_workers=0,
         dataloader_pin_memory=device.type == "cuda",
         disable_tqdm=False,

@@ -32,6 +32,37 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX tiles, or AVX512-BF16 as on AMD Zen 4/5
+    and Intel Cooper Lake): there bf16 matmuls run on oneDNN at 2-4x float32's speed. Other CPUs
+    emulate bf16, which is slower than float32."""
+    import torch
+
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def autocast_dtype(precision: str, device: Any) -> torch.dtype | None:
+    """The mixed-precision dtype for training on ``device`` under a ``precision`` param
+    (``auto`` | ``float32`` | ``bfloat16``); None means plain float32.
+
+    ``auto`` is bfloat16 where the hardware multiplies it natively (CUDA with bf16, CPUs per
+    :func:`cpu_has_fast_bf16`), float32 elsewhere: bf16 autocast keeps weights, optimizer state
+    and reductions in float32, and measured here it leaves results where float32 puts them
+    (fine-tuned accuracy, SAE FVU) at about twice the speed.
+    """
+    import torch
+
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
 def model_dir(source: str) -> Path:
     """The local folder of a model source (package, hub or path)."""
     path = resolve(source, kind="model")

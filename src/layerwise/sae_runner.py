@@ -36,27 +36,10 @@ def check_sae_params(params: SAEParams, d_in: int) -> int:
 
 
 def training_dtype(precision: str, device: Any) -> Any:
-    """The autocast dtype for SAE training (None = float32)."""
-    import torch
+    """The autocast dtype for SAE training (None = float32): :func:`models.autocast_dtype`."""
+    from layerwise.models import autocast_dtype
 
-    if precision == "float32":
-        return None
-    if precision == "bfloat16":
-        return torch.bfloat16
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AMX tiles, or AVX512-BF16 as on AMD Zen 4/5
-    and Intel Cooper Lake): there bf16 matmuls run on oneDNN at 2-4x float32's speed. Other CPUs
-    emulate bf16, which is slower than float32."""
-    import torch
-
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return autocast_dtype(precision, device)
 
 
 def mean_pool_store(acts: np.ndarray, text_id: np.ndarray) -> np.ndarray:
