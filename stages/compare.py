@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from layerwise import io, tracking
-from layerwise.cli import parse_stage_args
-from layerwise.config import section_dict
+from layerwise import io
+from layerwise.cli import begin_stage, prefixed, stage_run
 from layerwise.data import load_splits
 from layerwise.models import (
     check_layers,
@@ -17,18 +16,16 @@ from layerwise.models import (
     pick_device,
 )
 from layerwise.paths import Paths
-from layerwise.runtime import quiet_libraries, seed_everything, setup_logging
+from layerwise.runtime import seed_everything
 
 logger = logging.getLogger("compare")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    setup_logging()
-    quiet_libraries()
-    args = parse_stage_args(__doc__, argv, task=True, model=True, seed=True)
+    args = begin_stage(__doc__, argv, task=True, model=True, seed=True)
     p, paths = args.params, Paths(args.root)
     model_def = p.model(args.model)
-    ft_dir = io.require(paths.finetuned(args.model, args.task, args.seed), f"finetune@{args.item}")
+    ft_dir = io.require(paths.finetuned(*args.key), f"finetune@{args.item}")
     pt_config, ft_config = load_config(model_def.source), load_config(str(ft_dir))
     check_layers(model_def.layers, pt_config, f"models.{args.model}.layers")
     pt_tok, ft_tok = load_tokenizer(model_def.source), load_tokenizer(str(ft_dir))
@@ -42,23 +39,19 @@ def main(argv: list[str] | None = None) -> dict:
     splits = load_splits(paths.prepared(args.task))
     device = pick_device()
     used = {
-        **{f"compare.{k}": v for k, v in section_dict(p.compare).items()},
+        **prefixed("compare", p.compare),
         f"models.{args.model}.layers": model_def.layers,
         "finetune.max_length": p.finetune.max_length,
         "seed": args.seed,
         "device": str(device),
     }
-    tags = {"task": args.task, "model": args.model, "seed": args.seed}
-    with tracking.start_stage_run(
-        "compare", args.item, p.mlflow.experiment, tags, root=args.root
-    ) as run:
-        run.log_params(used)
+    with stage_run("compare", args, used) as run:
         seed_everything(args.seed)
         encoders = PairedEncoders(
             load_encoder(model_def.source).to(device), load_encoder(str(ft_dir)).to(device), device
         )
         with io.Staging() as staging:
-            store = staging.dir(paths.activations(args.model, args.task, args.seed))
+            store = staging.dir(paths.activations(*args.key))
             result = run_compare(
                 encoders,
                 pt_tok,
@@ -75,10 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
                 "store/n_tokens_train": result.n_tokens_train,
             }
             io.write_json(
-                staging.file(paths.similarity_json(*key(args))),
+                staging.file(paths.similarity_json(*args.key)),
                 {**summary, "ci_methods": CI_METHODS, "confidence": p.compare.confidence},
             )
-            csv_path = staging.file(paths.similarity_csv(*key(args)))
+            csv_path = staging.file(paths.similarity_csv(*args.key))
             io.write_csv(csv_path, result.layers, LAYER_COLUMNS)
             run.log_metrics(summary)
             for row in result.layers:
@@ -101,10 +94,6 @@ def main(argv: list[str] | None = None) -> dict:
                 row["probe_ft"],
             )
     return summary
-
-
-def key(args) -> tuple[str, str, int]:
-    return args.model, args.task, args.seed
 
 
 if __name__ == "__main__":

@@ -8,23 +8,19 @@ import logging
 
 import numpy as np
 
-from layerwise import io, tracking
-from layerwise.cli import parse_stage_args
-from layerwise.config import section_dict
+from layerwise import io
+from layerwise.cli import begin_stage, prefixed, stage_run
 from layerwise.data import load_splits
 from layerwise.paths import Paths
-from layerwise.runtime import quiet_libraries, setup_logging
 
 logger = logging.getLogger("features")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    setup_logging()
-    quiet_libraries()
-    args = parse_stage_args(__doc__, argv, task=True, model=True, seed=True)
+    args = begin_stage(__doc__, argv, task=True, model=True, seed=True)
     p, paths = args.params, Paths(args.root)
     model_def = p.model(args.model)
-    key = (args.model, args.task, args.seed)
+    key = args.key
     store_root = io.require(paths.activations(*key), f"compare@{args.item}")
     sae_root = io.require(paths.saes(*key), f"sae@{args.item}")
     splits = load_splits(paths.prepared(args.task))
@@ -38,15 +34,11 @@ def main(argv: list[str] | None = None) -> dict:
     analysis = splits["analysis"]
     label_names = list(analysis.features["label"].names)
     used = {
-        **{f"features.{k}": v for k, v in section_dict(p.features).items()},
+        **prefixed("features", p.features),
         f"models.{args.model}.layers": model_def.layers,
         "seed": args.seed,
     }
-    tags = {"task": args.task, "model": args.model, "seed": args.seed}
-    with tracking.start_stage_run(
-        "features", args.item, p.mlflow.experiment, tags, root=args.root
-    ) as run:
-        run.log_params(used)
+    with stage_run("features", args, used) as run:
         result = analyse(
             store_root,
             sae_root,

@@ -5,21 +5,18 @@ from __future__ import annotations
 import logging
 import tempfile
 
-from layerwise import io, tracking
-from layerwise.cli import parse_stage_args
-from layerwise.config import ConfigError, section_dict
+from layerwise import io
+from layerwise.cli import begin_stage, prefixed, stage_run
+from layerwise.config import ConfigError
 from layerwise.data import load_splits
 from layerwise.models import check_max_length, load_config, load_tokenizer, pick_device
 from layerwise.paths import Paths
-from layerwise.runtime import quiet_libraries, setup_logging
 
 logger = logging.getLogger("finetune")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    setup_logging()
-    quiet_libraries()
-    args = parse_stage_args(__doc__, argv, task=True, model=True, seed=True)
+    args = begin_stage(__doc__, argv, task=True, model=True, seed=True)
     p, paths = args.params, Paths(args.root)
     model_def, task_def = p.model(args.model), p.task(args.task)
     # Everything cheap that can be wrong is checked before any training.
@@ -35,18 +32,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = pick_device()
     used = {
-        **{f"finetune.{k}": v for k, v in section_dict(p.finetune).items()},
+        **prefixed("finetune", p.finetune),
         f"models.{args.model}.source": model_def.source,
         "seed": args.seed,
         "device": str(device),
     }
-    tags = {"task": args.task, "model": args.model, "seed": args.seed}
-    with tracking.start_stage_run(
-        "finetune", args.item, p.mlflow.experiment, tags, root=args.root
-    ) as run:
-        run.log_params(used)
+    with stage_run("finetune", args, used) as run:
         with io.Staging() as staging, tempfile.TemporaryDirectory() as scratch:
-            out_dir = staging.dir(paths.finetuned(args.model, args.task, args.seed))
+            out_dir = staging.dir(paths.finetuned(*args.key))
             result = finetune(
                 model_def.source,
                 splits,
@@ -65,11 +58,11 @@ def main(argv: list[str] | None = None) -> dict:
                 out_dir / "eval.json",
                 {"label_names": names, "confusion_val": result.confusion, "metrics": stable},
             )
-            io.write_json(staging.file(paths.finetune_metrics(*args_key(args))), stable)
-            curve = staging.file(paths.finetune_curve(*args_key(args)))
+            io.write_json(staging.file(paths.finetune_metrics(*args.key)), stable)
+            curve = staging.file(paths.finetune_curve(*args.key))
             io.write_csv(curve, result.curve)
             run.log_metrics(metrics)
-            run.log_artifact(curve, "plots", name=paths.finetune_curve(*args_key(args)).name)
+            run.log_artifact(curve, "plots", name=paths.finetune_curve(*args.key).name)
         logger.info(
             "%s: val accuracy PT head %.3f, PT probe %.3f, FT %.3f (macro-F1 %.3f) in %.0f s",
             args.item,
@@ -80,10 +73,6 @@ def main(argv: list[str] | None = None) -> dict:
             metrics["speed/train_s"],
         )
     return stable  # what the DVC metrics file holds
-
-
-def args_key(args) -> tuple[str, str, int]:
-    return args.model, args.task, args.seed
 
 
 if __name__ == "__main__":

@@ -9,10 +9,8 @@ import tempfile
 from pathlib import Path
 
 from layerwise import claims, figures, io, tables, tracking
-from layerwise.cli import parse_stage_args
-from layerwise.config import section_dict
+from layerwise.cli import begin_stage, prefixed, stage_run
 from layerwise.paths import Paths
-from layerwise.runtime import setup_logging
 
 logger = logging.getLogger("paper")
 
@@ -55,9 +53,7 @@ def find_run_ids(root: str | Path, experiment: str, names: list[str]) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    setup_logging()
-    logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
-    args = parse_stage_args(__doc__, argv, task=False, model=False, seed=False)
+    args = begin_stage(__doc__, argv, task=False, model=False, seed=False)
     p, paths = args.params, Paths(args.root)
     # Every input must exist before anything is drawn or any run is opened.
     tables.check_inputs(p, paths)
@@ -76,41 +72,39 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     results = tables.evaluate_claims(inputs, rho)
     metrics = claims.claims_metrics(results)
     used = {
-        **{f"paper.{k}": v for k, v in section_dict(p.paper).items()},
+        **prefixed("paper", p.paper),
         "models": list(p.models),
         "tasks": p.tasks,
         "seeds": p.seeds,
         **{f"models.{m}.layers": d.layers for m, d in p.models.items()},
     }
     tags = {"models": ",".join(p.models), "tasks": ",".join(p.tasks), "seeds": p.seeds}
-    with tracking.start_stage_run("paper", "all", p.mlflow.experiment, tags, root=args.root) as run:
-        run.log_params(used)
-        with io.Staging() as staging:
-            fig_dir = staging.dir(paths.paper() / "figures")
-            tab_dir = staging.dir(paths.paper() / "tables")
-            drawn, skipped = figures.draw_figures(inputs, fig_dir, p.paper.dpi)
-            built = tables.build_tables(inputs, results, rho)
-            tables.write_tables(built, tab_dir)
-            summary = tables.summary_markdown(
-                inputs,
-                results,
-                [(f.name, f.caption) for f in drawn],
-                built,
-                run_ids,
-                tracking.git_commit(args.root),
-                missing_figures=skipped,
-                paper_run_id=run.run_id,
-            )
-            staging.file(paths.paper() / "summary.md").write_text(summary)
-            io.write_json(staging.file(paths.paper_metrics()), metrics)
-            run.log_metrics(metrics)
-            run.log_artifacts(fig_dir, "figures")
-            run.log_artifacts(tab_dir, "tables")
-            with tempfile.TemporaryDirectory() as tmp:
-                # The staged file has a temp name; log it under its real one.
-                named = Path(tmp) / "summary.md"
-                shutil.copyfile(staging.file(paths.paper() / "summary.md"), named)
-                run.log_artifact(named)
+    with stage_run("paper", args, used, tags) as run, io.Staging() as staging:
+        fig_dir = staging.dir(paths.paper() / "figures")
+        tab_dir = staging.dir(paths.paper() / "tables")
+        drawn, skipped = figures.draw_figures(inputs, fig_dir, p.paper.dpi)
+        built = tables.build_tables(inputs, results, rho)
+        tables.write_tables(built, tab_dir)
+        summary = tables.summary_markdown(
+            inputs,
+            results,
+            [(f.name, f.caption) for f in drawn],
+            built,
+            run_ids,
+            tracking.git_commit(args.root),
+            missing_figures=skipped,
+            paper_run_id=run.run_id,
+        )
+        staging.file(paths.paper() / "summary.md").write_text(summary)
+        io.write_json(staging.file(paths.paper_metrics()), metrics)
+        run.log_metrics(metrics)
+        run.log_artifacts(fig_dir, "figures")
+        run.log_artifacts(tab_dir, "tables")
+        with tempfile.TemporaryDirectory() as tmp:
+            # The staged file has a temp name; log it under its real one.
+            named = Path(tmp) / "summary.md"
+            shutil.copyfile(staging.file(paths.paper() / "summary.md"), named)
+            run.log_artifact(named)
     counts = claims.tally(results)
     logger.info(
         "paper: %d figure file(s), %d table(s); claims: %d hold, %d partly, %d do not hold",

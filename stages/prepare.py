@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import logging
 
-from layerwise import data, io, tracking
-from layerwise.cli import parse_stage_args
-from layerwise.config import section_dict
+from layerwise import data, io
+from layerwise.cli import begin_stage, prefixed, stage_run
 from layerwise.models import load_tokenizer
 from layerwise.paths import Paths
-from layerwise.runtime import quiet_libraries, setup_logging
 
 logger = logging.getLogger("prepare")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    setup_logging()
-    quiet_libraries()
-    args = parse_stage_args(__doc__, argv, task=True, model=False, seed=False)
+    args = begin_stage(__doc__, argv, task=True, model=False, seed=False)
     p, key = args.params, args.task
     task = p.task(key)
     paths = Paths(args.root)
-    used = {
-        "seed": p.seed,
-        **{f"task_defs.{key}.{k}": v for k, v in section_dict(task).items()},
-        **{f"data.{k}": v for k, v in section_dict(p.data).items()},
-    }
-    with tracking.start_stage_run(
-        "prepare", key, p.mlflow.experiment, {"task": key}, root=args.root
-    ) as run:
-        run.log_params(used)
+    used = {"seed": p.seed, **prefixed(f"task_defs.{key}", task), **prefixed("data", p.data)}
+    with stage_run("prepare", args, used) as run:
         dataset = data.build_dataset(task, p.data.min_chars, key)
         splits = data.stratified_splits(dataset, task, p.seed, key)
         tokenizer = load_tokenizer(p.model(p.stats_model_key).source)

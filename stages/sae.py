@@ -5,26 +5,24 @@ from __future__ import annotations
 
 import logging
 
-from layerwise import io, tracking
-from layerwise.cli import parse_stage_args
+from layerwise import io
+from layerwise.cli import begin_stage, prefixed, stage_run
 from layerwise.config import section_dict
 from layerwise.data import load_splits
 from layerwise.paths import Paths
-from layerwise.runtime import quiet_libraries, seed_everything, setup_logging
+from layerwise.runtime import seed_everything
 from layerwise.tracking import git_commit
 
 logger = logging.getLogger("sae")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    setup_logging()
-    quiet_libraries()
-    args = parse_stage_args(__doc__, argv, task=True, model=True, seed=True)
+    args = begin_stage(__doc__, argv, task=True, model=True, seed=True)
     p, paths = args.params, Paths(args.root)
     model_def = p.model(args.model)
     made_by = f"compare@{args.item}"
-    store_root = io.require(paths.activations(args.model, args.task, args.seed), made_by)
-    ft_dir = io.require(paths.finetuned(args.model, args.task, args.seed), f"finetune@{args.item}")
+    store_root = io.require(paths.activations(*args.key), made_by)
+    ft_dir = io.require(paths.finetuned(*args.key), f"finetune@{args.item}")
 
     from layerwise.activations import ActivationStore
     from layerwise.models import (
@@ -52,16 +50,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     device = pick_device()
     used = {
-        **{f"sae.{k}": v for k, v in section_dict(p.sae).items()},
+        **prefixed("sae", p.sae),
         f"models.{args.model}.layers": model_def.layers,
         "seed": args.seed,
         "device": str(device),
     }
-    tags = {"task": args.task, "model": args.model, "seed": args.seed}
-    with tracking.start_stage_run(
-        "sae", args.item, p.mlflow.experiment, tags, root=args.root
-    ) as run:
-        run.log_params(used)
+    with stage_run("sae", args, used) as run:
         seed_everything(args.seed)
 
         def log_curve(step: int, rows: list[dict]) -> None:
@@ -108,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
                 else float("nan")
             )
         with io.Staging() as staging:
-            sae_root = staging.dir(paths.saes(args.model, args.task, args.seed))
+            sae_root = staging.dir(paths.saes(*args.key))
             for name, sae in result.saes.items():
                 save_sae(
                     sae.cpu(),
@@ -118,15 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
                         "eval": {k: metrics[f"{name}/{k}"] for k in METRIC_KEYS},
                     },
                 )
-            io.write_json(
-                staging.file(paths.sae_metrics(args.model, args.task, args.seed)), metrics
-            )
-            curve = staging.file(paths.sae_curve(args.model, args.task, args.seed))
+            io.write_json(staging.file(paths.sae_metrics(*args.key)), metrics)
+            curve = staging.file(paths.sae_curve(*args.key))
             io.write_csv(curve, result.curve)
             run.log_metrics(metrics)
-            run.log_artifact(
-                curve, "plots", name=paths.sae_curve(args.model, args.task, args.seed).name
-            )
+            run.log_artifact(curve, "plots", name=paths.sae_curve(*args.key).name)
         for name in result.saes:
             logger.info(
                 "%s: FVU %.3f  L0 %.1f  dead %.1f%%  dense %.1f%%%s",

@@ -1,12 +1,19 @@
-"""Argument parsing shared by the stage scripts (``stages/*.py``)."""
+"""What every stage script (``stages/*.py``) does around its own work: set up logging, parse
+``--task/--model/--seed`` and the params, open the MLflow run with the standard tags and log the
+params it used."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from layerwise.config import Params, load_params
+from layerwise import tracking
+from layerwise.config import Params, load_params, section_dict
+from layerwise.runtime import quiet_libraries, setup_logging
 
 
 @dataclass
@@ -24,6 +31,19 @@ class StageArgs:
         if self.seed is not None:
             parts.append(str(self.seed))
         return "-".join(parts) or "all"
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """``(model, task, seed)``: what names one run's outputs (the ``Paths`` methods)."""
+        if self.model is None or self.task is None or self.seed is None:
+            raise ValueError(f"stage {self.item!r} has no (model, task, seed) key")
+        return self.model, self.task, self.seed
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        """MLflow tags of the stage's run: the task, model and seed it ran for."""
+        pairs = (("task", self.task), ("model", self.model), ("seed", self.seed))
+        return {name: value for name, value in pairs if value is not None}
 
 
 def parse_stage_args(
@@ -51,3 +71,34 @@ def parse_stage_args(
     if seed:
         args.seed = params.check_seed(ns.seed)
     return args
+
+
+def begin_stage(
+    description: str, argv: list[str] | None, *, task: bool, model: bool, seed: bool
+) -> StageArgs:
+    """A stage's first step: logging, quiet HF libraries, then :func:`parse_stage_args`."""
+    setup_logging()
+    quiet_libraries()
+    return parse_stage_args(description, argv, task=task, model=model, seed=seed)
+
+
+def prefixed(prefix: str, section: Any) -> dict[str, Any]:
+    """A params section as MLflow params named like its params.yaml keys (``sae.k``, ...)."""
+    return {f"{prefix}.{k}": v for k, v in section_dict(section).items()}
+
+
+@contextmanager
+def stage_run(
+    stage: str, args: StageArgs, used: dict[str, Any], tags: dict[str, Any] | None = None
+) -> Iterator[tracking.StageRun]:
+    """The stage's MLflow run (``<stage>@<item>``, tagged with ``args.tags`` unless ``tags`` is
+    given), with the params it used logged before anything else."""
+    with tracking.start_stage_run(
+        stage,
+        args.item,
+        args.params.mlflow.experiment,
+        args.tags if tags is None else tags,
+        root=args.root,
+    ) as run:
+        run.log_params(used)
+        yield run
