@@ -6,19 +6,23 @@ What it measures, and where:
 1. The component benchmarks, each in its own process (own peak RSS): ``bench/finetune.py``,
    ``bench/compare.py``, ``bench/sae.py``. They read the workspace's prepared data, fine-tuned
    model and activation store read-only and write only to temp dirs.
-2. In a temporary copy of the repository (working tree files, no DVC outputs, no lock, an empty
-   ``.dvc/cache``; a fresh git repo, since ``dvc exp run`` needs a commit; stage commands use this
-   venv's ``python`` through PATH, the copy's ``src`` through PYTHONPATH, and an MLflow SQLite
-   file in the copy): the end-to-end ``dvc repro`` from a clean cache, stage by stage in
-   topological order (the next stage is the first ``Running stage '...'`` line of ``dvc repro
-   --dry``; each runs as ``dvc repro --single-item <stage>`` inside a wrapper process whose
-   ``RUSAGE_CHILDREN.ru_maxrss`` is that stage's peak RSS); a no-op ``dvc repro`` (3 runs);
-   ``dvc exp run -S sae.lr_decay_ratio=0.25``, checking that only ``sae@*``, ``features@*`` and
-   ``paper`` reran; disk use of outputs + DVC cache (``du -sb``).
+2. In temporary copies of the repository (working tree files, no DVC outputs, no lock, an
+   empty ``.dvc/cache``; a fresh git repo, since ``dvc exp run`` needs a commit; stage commands
+   use this venv's ``python`` through PATH, the copy's ``src`` through PYTHONPATH, and an MLflow
+   SQLite file in the copy): the end-to-end ``dvc repro`` from a clean cache, ``--repeats``
+   times, each in a fresh copy, stage by stage in topological order (the next stage is the first
+   ``Running stage '...'`` line of ``dvc repro --dry``; each runs as ``dvc repro --single-item
+   <stage>`` inside a wrapper process whose ``RUSAGE_CHILDREN.ru_maxrss`` is that stage's peak
+   RSS); then in the last copy: disk use of outputs + DVC cache (``du -sb``), a no-op ``dvc
+   repro`` (3 runs), and ``dvc exp run -S sae.lr_decay_ratio=<v>`` for ``--repeats`` new values
+   of ``v``, checking each time that only ``sae@*``, ``features@*`` and ``paper`` reran.
 3. Scaling: the compare and sae stages of ``sentiment`` at 1x and 4x analysis texts
    (``task_defs.sentiment.max_analysis`` 250 vs 1000), run as stage scripts on their own
-   ``--root``/``--params`` beside the copy, reusing the copy's fine-tuned model (the split's
-   train part changes with ``max_analysis``, but fine-tuning is not what is timed here).
+   ``--root``/``--params`` beside the copy, ``--repeats`` times alternating sizes, reusing the
+   copy's fine-tuned model (the split's train part changes with ``max_analysis``, but
+   fine-tuning is not what is timed here).
+
+Every repeated figure is reported as median (min-max); verdicts are on the median.
 
 Why a copy: the workspace's outputs (data/, models/, results/, metrics/, plots/, paper/,
 dvc.lock, mlflow.db) must never change under a benchmark, and a clean-cache timing needs an
@@ -29,7 +33,8 @@ rather than running it itself: reproducing is the long job, to be started knowin
 
 Usage::
 
-    python bench/run_all.py                   # everything, default sizes (about an hour, 2 cores)
+    python bench/run_all.py                   # everything, default sizes, 3 repeats (~1.5 h)
+    python bench/run_all.py --repeats 1       # one of each (~35 min)
     python bench/run_all.py --quick           # smoke run: sentiment only, tiny sizes, no file
     python bench/run_all.py --skip-e2e        # components + scaling only
     python bench/run_all.py --quick --results /tmp/r.md --keep
@@ -77,9 +82,13 @@ from _common import (  # bench/ is not a package: its folder is on sys.path
 )
 
 NOOP_TARGET_S = 5.0
+COLD_TARGET_S = 15 * 60.0
+STAGE_RSS_TARGET_BYTES = 4 * GB
 SCALING_TARGET = 4.5
 DISK_TARGET_BYTES = 3 * GB
-EXP_SET = "sae.lr_decay_ratio=0.25"
+EXP_VALUES = (0.25, 0.3, 0.35, 0.4, 0.45)
+"""``sae.lr_decay_ratio`` of the successive ``dvc exp run -S`` timings: each a new value, since
+DVC restores an experiment it has already run from its run cache instead of running it."""
 EXP_RERUN_PREFIXES = ("sae@", "features@", "paper")
 SCALE_TASK = "sentiment"
 SCALE_SIZES = (250, 1000)
@@ -136,13 +145,15 @@ def workspace_state() -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def run_component(script: str, quick: bool, workdir: Path) -> tuple[list[Figure], dict[str, Any]]:
-    """``bench/<script>.py [--quick] --json ...`` in its own process; its table streams
+def run_component(
+    script: str, quick: bool, workdir: Path, extra: list[str] | None = None
+) -> tuple[list[Figure], dict[str, Any]]:
+    """``bench/<script>.py [--quick] --json ... [extra]`` in its own process; its table streams
     through, its figures come back."""
     import json
 
     out = workdir / f"{script}.json"
-    cmd = [PYTHON, str(BENCH / f"{script}.py"), "--json", str(out)]
+    cmd = [PYTHON, str(BENCH / f"{script}.py"), "--json", str(out), *(extra or [])]
     if quick:
         cmd.append("--quick")
     print(f"\n# bench/{script}.py\n", flush=True)
@@ -232,60 +243,97 @@ def commit_copy(copy: Path, message: str) -> None:
     )
 
 
-def exp_run(copy: Path, env: dict[str, str], logs: Path) -> tuple[CmdResult, list[str], bool]:
-    """``dvc exp run -S sae.lr_decay_ratio=0.25``: (result, stages that ran, only the expected
-    ones and all of them)."""
-    res = run_measured([DVC, "exp", "run", "-S", EXP_SET], copy, env, logs / "exp-run.log")
+def disk_use(copy: Path) -> int:
+    return du_bytes([copy / d for d in OUTPUT_DIRS] + [copy / ".dvc" / "cache"])
+
+
+def exp_run(
+    copy: Path, env: dict[str, str], logs: Path, value: float
+) -> tuple[CmdResult, list[str], bool]:
+    """``dvc exp run -S sae.lr_decay_ratio=<value>``: (result, stages that ran, only the
+    expected ones and all of them)."""
+    setting = f"sae.lr_decay_ratio={value}"
+    res = run_measured([DVC, "exp", "run", "-S", setting], copy, env, logs / f"exp-{value}.log")
     if res.rc != 0:
-        raise BenchError(f"dvc exp run failed (exit {res.rc}):\n{res.tail()}")
+        raise BenchError(f"dvc exp run -S {setting} failed (exit {res.rc}):\n{res.tail()}")
     ran = stages_run(res.output())
     expected = [n for n in dvc_stage_names(copy, env) if n.startswith(EXP_RERUN_PREFIXES)]
     return res, ran, sorted(ran) == sorted(expected)
 
 
-def disk_use(copy: Path) -> int:
-    return du_bytes([copy / d for d in OUTPUT_DIRS] + [copy / ".dvc" / "cache"])
+def cold_repro_figures(
+    runs: list[list[CmdResult]], judge: bool, raw: dict[str, Any]
+) -> list[Figure]:
+    """Per stage and in total: min/median/max wall over the cold runs, peak RSS (max)."""
+    n = len(runs)
+    figures = []
+    for stage in [r.extra["stage"] for r in runs[0]]:
+        per_run = [next(r for r in run if r.extra["stage"] == stage) for run in runs]
+        walls = [r.wall_s for r in per_run]
+        peak = max(r.peak_rss_bytes or 0 for r in per_run)
+        figures.append(
+            Figure(
+                f"e2e stage {stage}",
+                spread(walls)[1],
+                "s",
+                note=f"median (min-max) of {n}: {fmt_spread(walls)}; peak RSS {peak / GB:.2f} GB",
+            )
+        )
+    totals = [sum(r.wall_s for r in run) for run in runs]
+    peak = max(r.peak_rss_bytes or 0 for run in runs for r in run)
+    heaviest = max((r for run in runs for r in run), key=lambda r: r.peak_rss_bytes or 0)
+    figures += [
+        Figure(
+            "e2e: dvc repro, clean cache, all stages",
+            spread(totals)[1],
+            "s",
+            f"<= {COLD_TARGET_S:.0f}",
+            check(spread(totals)[1], "<=", COLD_TARGET_S, judge),
+            f"median (min-max) of {n} cold runs: {fmt_spread(totals, 0)} s; "
+            f"{len(runs[0])} stages, one `dvc repro --single-item` each",
+        ),
+        Figure(
+            "e2e: max stage peak RSS",
+            peak / GB,
+            "GB",
+            "<= 4",
+            check(peak, "<=", STAGE_RSS_TARGET_BYTES, judge),
+            f"{heaviest.extra['stage']}; max over {n} runs",
+        ),
+    ]
+    raw["e2e"] = [
+        [{"stage": r.extra["stage"], "wall_s": r.wall_s, "peak_rss": r.peak_rss_bytes} for r in run]
+        for run in runs
+    ]
+    return figures
 
 
 def e2e_figures(
-    copy: Path,
-    env: dict[str, str],
+    work: Path,
+    overrides: dict[str, Any] | None,
     logs: Path,
     judge: bool,
+    repeats: int,
     raw: dict[str, Any],
     figures: list[Figure],
-) -> None:
-    """End to end from a clean cache, disk use, no-op repro and the SAE experiment, in that
+) -> tuple[Path, dict[str, str]]:
+    """``repeats`` cold ``dvc repro`` runs, each in a fresh copy with an empty cache; then, in
+    the last copy, disk use, no-op repro (3 runs) and ``repeats`` SAE experiments, in that
     order (each step needs the state the previous one left). Figures are appended to
-    ``figures`` as they come (a later failure keeps the earlier ones), raw numbers to ``raw``."""
-    stage_runs, loop_s = e2e_repro(copy, env, logs / "e2e")
-    for r in stage_runs:
-        figures.append(
-            Figure(
-                f"e2e stage {r.extra['stage']}",
-                r.wall_s,
-                "s",
-                note=f"peak RSS {(r.peak_rss_bytes or 0) / GB:.2f} GB",
-            )
-        )
-    total = sum(r.wall_s for r in stage_runs)
-    peak = max(r.peak_rss_bytes or 0 for r in stage_runs)
-    figures.extend(
-        [
-            Figure(
-                "e2e: dvc repro, clean cache, all stages",
-                total,
-                "s",
-                note=f"{len(stage_runs)} stages, one dvc call each; with the dry runs "
-                f"that order them {loop_s:.0f} s",
-            ),
-            Figure("e2e: max stage peak RSS", peak / GB, "GB"),
-        ]
-    )
-    raw["e2e"] = [
-        {"stage": r.extra["stage"], "wall_s": r.wall_s, "peak_rss": r.peak_rss_bytes}
-        for r in stage_runs
-    ]
+    ``figures`` as they come (a later failure keeps the earlier ones), raw numbers to ``raw``.
+    Returns the last copy and its environment (the scaling runs reuse its fine-tuned model)."""
+    runs: list[list[CmdResult]] = []
+    for r in range(repeats):
+        if r:
+            shutil.rmtree(work / f"repo{r - 1}", ignore_errors=True)  # disk: one copy at a time
+        copy = make_repo_copy(work / f"repo{r}", overrides)
+        env = copy_env(copy)
+        print(f"  cold run {r + 1}/{repeats} in {copy}", flush=True)
+        stage_runs, loop_s = e2e_repro(copy, env, logs / f"e2e-{r}")
+        total = sum(x.wall_s for x in stage_runs)
+        print(f"  cold run {r + 1}: {total:.0f} s of stages ({loop_s:.0f} s with dry runs)")
+        runs.append(stage_runs)
+    figures.extend(cold_repro_figures(runs, judge, raw))
     commit_copy(copy, "reproduced")
     disk = disk_use(copy)
     figures.append(
@@ -295,12 +343,12 @@ def e2e_figures(
             "GB",
             "<= 3",
             check(disk, "<=", DISK_TARGET_BYTES, judge),
-            "du -sb of " + ", ".join(OUTPUT_DIRS) + ", .dvc/cache after e2e",
+            "du -sb of " + ", ".join(OUTPUT_DIRS) + ", .dvc/cache after a cold repro",
         )
     )
     noop = noop_repro(copy, env, logs)
-    walls = [r.wall_s for r in noop]
-    reran = sorted({s for r in noop for s in r.extra["ran"]})
+    walls = [x.wall_s for x in noop]
+    reran = sorted({st for x in noop for st in x.extra["ran"]})
     figures.append(
         Figure(
             "no-op dvc repro",
@@ -313,20 +361,27 @@ def e2e_figures(
         )
     )
     raw["noop_s"] = walls
-    res, ran, ok = exp_run(copy, env, logs)
-    print(f"  dvc exp run -S {EXP_SET} reran: {ran}", flush=True)
+    exp_walls, all_ok, ran_sets = [], True, []
+    for value in EXP_VALUES[:repeats]:
+        res, ran, ok = exp_run(copy, env, logs, value)
+        print(f"  dvc exp run -S sae.lr_decay_ratio={value}: {res.wall_s:.0f} s, reran {ran}")
+        exp_walls.append(res.wall_s)
+        all_ok &= ok
+        ran_sets.append(ran)
     figures.append(
         Figure(
-            f"dvc exp run -S {EXP_SET}",
-            res.wall_s,
+            "dvc exp run -S sae.lr_decay_ratio=...",
+            spread(exp_walls)[1],
             "s",
             "only sae@*, features@*, paper rerun",
-            ok,
-            "reran: " + ", ".join(ran),
+            all_ok,
+            f"median (min-max) of {len(exp_walls)} values {list(EXP_VALUES[:repeats])}: "
+            f"{fmt_spread(exp_walls, 0)} s; reran each time: " + ", ".join(ran_sets[-1]),
         )
     )
-    raw["exp_run"] = {"wall_s": res.wall_s, "ran": ran, "only_expected": ok}
+    raw["exp_run"] = {"wall_s": exp_walls, "ran": ran_sets, "only_expected": all_ok}
     raw["disk_after_exp_bytes"] = disk_use(copy)
+    return copy, env
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,26 +400,32 @@ def stage_script(
 
 
 def scaling(
-    copy: Path, env: dict[str, str], work: Path, sizes: tuple[int, int], logs: Path
-) -> dict[int, dict[str, CmdResult]]:
-    """compare and sae of ``SCALE_TASK`` at two ``max_analysis`` sizes, each on its own root."""
+    copy: Path,
+    env: dict[str, str],
+    work: Path,
+    sizes: tuple[int, int],
+    logs: Path,
+    repeats: int,
+) -> dict[int, dict[str, list[CmdResult]]]:
+    """compare and sae of ``SCALE_TASK`` at two ``max_analysis`` sizes, each on its own root,
+    ``repeats`` times, alternating sizes (slow drifts of a shared machine hit both alike)."""
     from layerwise.config import load_params
 
     params = load_params(copy / "params.yaml")
     model_key, seed = next(iter(params.models)), params.seeds[0]
     item = ["--model", model_key, "--task", SCALE_TASK, "--seed", str(seed)]
     ft_rel = Path("models") / model_key / SCALE_TASK / f"s{seed}" / "ft"
-    out: dict[int, dict[str, CmdResult]] = {}
+    common: dict[int, list[str]] = {}
     for n in sizes:
         root = work / f"analysis-{n}"
         root.mkdir(parents=True, exist_ok=True)
         params_file = root / "params.yaml"
         shutil.copyfile(copy / "params.yaml", params_file)
         set_params(params_file, {"tasks": [SCALE_TASK], f"task_defs.{SCALE_TASK}.max_analysis": n})
-        common = ["--params", str(params_file), "--root", str(root)]
+        common[n] = ["--params", str(params_file), "--root", str(root)]
         print(f"  max_analysis={n}: prepare", flush=True)
         stage_script(
-            copy, env, logs / f"{n}-prepare.log", "prepare", ["--task", SCALE_TASK, *common]
+            copy, env, logs / f"{n}-prepare.log", "prepare", ["--task", SCALE_TASK, *common[n]]
         )
         for source in (copy / ft_rel, REPO / ft_rel):
             if (source / "config.json").is_file():
@@ -372,30 +433,35 @@ def scaling(
                 break
         else:
             print(f"  max_analysis={n}: finetune (no fine-tuned model to reuse)", flush=True)
-            stage_script(copy, env, logs / f"{n}-finetune.log", "finetune", [*item, *common])
-        runs: dict[str, CmdResult] = {}
-        for name in ("compare", "sae"):
-            runs[name] = stage_script(copy, env, logs / f"{n}-{name}.log", name, [*item, *common])
-            print(f"  max_analysis={n}: {name} {runs[name].wall_s:.1f} s", flush=True)
-        out[n] = runs
+            stage_script(copy, env, logs / f"{n}-finetune.log", "finetune", [*item, *common[n]])
+    out: dict[int, dict[str, list[CmdResult]]] = {n: {"compare": [], "sae": []} for n in sizes}
+    for r in range(repeats):
+        for n in sizes:
+            for name in ("compare", "sae"):
+                res = stage_script(
+                    copy, env, logs / f"{n}-{name}-{r}.log", name, [*item, *common[n]]
+                )
+                out[n][name].append(res)
+                print(f"  run {r + 1}, max_analysis={n}: {name} {res.wall_s:.1f} s", flush=True)
     return out
 
 
 def scaling_figures(
-    runs: dict[int, dict[str, CmdResult]], sizes: tuple[int, int], judge: bool
+    runs: dict[int, dict[str, list[CmdResult]]], sizes: tuple[int, int], judge: bool
 ) -> list[Figure]:
-    """Time ratio large/small for compare, sae and both together."""
+    """Time ratio large/small (of median walls) for compare, sae and both together."""
     small, large = sizes
     figures = []
+
+    def walls(n: int, names: tuple[str, ...]) -> list[float]:
+        """Per repeat, the summed wall of ``names`` at size ``n``."""
+        per_stage = [[x.wall_s for x in runs[n][m]] for m in names]
+        return [sum(rs) for rs in zip(*per_stage, strict=True)]
+
     for names in (("compare",), ("sae",), ("compare", "sae")):
-        t_small = sum(runs[small][n].wall_s for n in names)
-        t_large = sum(runs[large][n].wall_s for n in names)
-        walls = "; ".join(
-            f"{n}: {runs[small][n].wall_s:.0f} s -> {runs[large][n].wall_s:.0f} s, peak RSS "
-            f"{(runs[large][n].peak_rss_bytes or 0) / GB:.2f} GB"
-            for n in names
-        )
-        ratio = t_large / t_small
+        t_small, t_large = walls(small, names), walls(large, names)
+        peak = max(x.peak_rss_bytes or 0 for m in names for x in runs[large][m])
+        ratio = spread(t_large)[1] / spread(t_small)[1]
         figures.append(
             Figure(
                 f"scaling {SCALE_TASK} {'+'.join(names)}: time {large}/{small} texts",
@@ -403,7 +469,8 @@ def scaling_figures(
                 "x",
                 f"<= {SCALING_TARGET:g}",
                 check(ratio, "<=", SCALING_TARGET, judge),
-                walls,
+                f"ratio of medians of {len(t_small)}; {small} texts {fmt_spread(t_small)} s, "
+                f"{large} texts {fmt_spread(t_large)} s; peak RSS {peak / GB:.2f} GB",
             )
         )
     return figures
@@ -415,7 +482,7 @@ def scaling_figures(
 
 
 def results_markdown(
-    info: dict[str, Any], figures: list[Figure], args: Any, notes: list[str]
+    info: dict[str, Any], figures: list[Figure], args: Any, notes: list[str], repeats: int
 ) -> str:
     """This script's section of RESULTS.md: machine, date, load, mode, then every figure."""
     mode = "--quick (smoke sizes: only memory targets judged)" if args.quick else "default sizes"
@@ -426,7 +493,7 @@ def results_markdown(
         f"- software: Python {info['python']}, torch {info['torch']}; device {info['device']}\n"
         f"- date: {info['date_utc']}; 1-minute load average at start {info['load_avg_1m']} "
         "(a busy machine makes every figure slower and noisier)\n"
-        f"- mode: {mode}{skipped}\n"
+        f"- mode: {mode}{skipped}; {repeats} repeat(s) of each repeated figure\n"
     )
     extra = "".join(f"- {n}\n" for n in notes)
     return (
@@ -465,6 +532,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-e2e", action="store_true", help="no dvc repro / exp run in a copy")
     ap.add_argument("--skip-components", action="store_true", help="no finetune/compare/sae")
     ap.add_argument("--skip-scaling", action="store_true", help="no 1x/4x scaling run")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        help="cold repros, SAE experiments, scaling and SAE runs to take min/median/max over "
+        "(default 3; 1 with --quick)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp copy and logs")
     ap.add_argument(
         "--results",
@@ -472,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", help="also write every figure and raw number here")
     args = ap.parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    if repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {repeats}")
 
     state, why = workspace_state()
     if state == "never":
@@ -500,9 +576,13 @@ def main(argv: list[str] | None = None) -> int:
     logs = work / "logs"
     try:
         if not args.skip_components:
+            extra = {
+                "compare": ["--repeats", str(max(3, repeats))],
+                "sae": ["--repeats", str(repeats)],
+            }
             for script in ("finetune", "compare", "sae"):
                 try:
-                    figs, payload = run_component(script, args.quick, work)
+                    figs, payload = run_component(script, args.quick, work, extra.get(script))
                     figures += figs
                     raw[script] = payload
                 except BenchError as exc:
@@ -511,13 +591,11 @@ def main(argv: list[str] | None = None) -> int:
 
         copy: Path | None = None
         env: dict[str, str] = {}
+        overrides = QUICK_PARAMS if args.quick else None
         if not args.skip_e2e:
-            print("\n# end to end, in a temporary copy\n", flush=True)
+            print("\n# end to end, in temporary copies\n", flush=True)
             try:
-                copy = make_repo_copy(work / "repo", QUICK_PARAMS if args.quick else None)
-                env = copy_env(copy)
-                print(f"  copy: {copy}", flush=True)
-                e2e_figures(copy, env, logs, judge, raw, figures)
+                copy, env = e2e_figures(work, overrides, logs, judge, repeats, raw, figures)
             except BenchError as exc:
                 failures.append(str(exc))
                 figures.append(Figure("e2e: benchmark", None, note=str(exc).splitlines()[0]))
@@ -527,13 +605,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n# scaling: compare + sae of {SCALE_TASK} at 1x and 4x analysis texts\n")
             try:
                 if copy is None:
-                    copy = make_repo_copy(work / "repo", QUICK_PARAMS if args.quick else None)
+                    copy = make_repo_copy(work / "repo", overrides)
                     env = copy_env(copy)
                 sizes = QUICK_SCALE_SIZES if args.quick else SCALE_SIZES
-                runs = scaling(copy, env, work / "scale", sizes, logs / "scale")
+                runs = scaling(copy, env, work / "scale", sizes, logs / "scale", repeats)
                 figures += scaling_figures(runs, sizes, judge)
                 raw["scaling"] = {
-                    n: {k: {"wall_s": v.wall_s, "peak_rss": v.peak_rss_bytes} for k, v in r.items()}
+                    n: {
+                        k: [{"wall_s": v.wall_s, "peak_rss": v.peak_rss_bytes} for v in vs]
+                        for k, vs in r.items()
+                    }
                     for n, r in runs.items()
                 }
             except BenchError as exc:
@@ -552,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table("all benchmarks", figures)
     results = args.results or (None if args.quick else str(BENCH / "RESULTS.md"))
     if results:
-        write_results(Path(results), results_markdown(info, figures, args, notes))
+        write_results(Path(results), results_markdown(info, figures, args, notes, repeats))
         print(f"wrote {results}")
     write_json(args.json, {**raw, "figures": [f.as_dict() for f in figures]})
     if failures:

@@ -46,6 +46,7 @@ import importlib
 import importlib.util
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -64,6 +65,7 @@ from _common import (  # bench/ is not a package: its folder is on sys.path
     Figure,
     check,
     figures_payload,
+    fmt_spread,
     load_repo_params,
     machine_info,
     print_table,
@@ -192,10 +194,21 @@ class Run:
     wall_s: float
     metrics: dict[str, float]
     extra: dict[str, Any] = field(default_factory=dict)
+    repeat_walls: list[float] = field(default_factory=list)
+    """Wall times of identical reruns (timing only: the metrics are deterministic)."""
+
+    @property
+    def walls(self) -> list[float]:
+        return [self.wall_s, *self.repeat_walls]
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / self.wall_s
+        """Of the median wall time over the run and its repeats."""
+        return self.tokens / statistics.median(self.walls)
+
+    def spread_note(self) -> str:
+        rates = [self.tokens / w for w in self.walls]
+        return f"median (min-max) of {len(rates)}: {fmt_spread(rates, 0)} tokens/s"
 
     def label(self) -> str:
         knob = f"l1 {self.knob:.4g}" if self.kind == "l1" else f"k {int(self.knob)}"
@@ -355,6 +368,13 @@ def train_peer(setup: Setup, kind: str, knob: float, standard: Any, top_k: Any) 
     return Run("peer", kind, "float32", knob, setup.tokens, wall, metrics)
 
 
+def rerun(run: Run, setup: Setup, dtypes: dict[str, Any], standard: Any, top_k: Any) -> Run:
+    """The same training as ``run`` once more (``dtypes``: our precision label -> autocast)."""
+    if run.impl == "ours":
+        return train_ours(setup, run.kind, run.knob, dtypes[run.precision], run.precision)
+    return train_peer(setup, run.kind, run.knob, standard, top_k)
+
+
 def tune_peer_l1(
     setup: Setup, target_l0: float, start: float, tries: int, standard: Any, top_k: Any
 ) -> tuple[Run, list[Run]]:
@@ -413,6 +433,7 @@ def compare_figures(kind: str, ours: list[Run], peer: Run, judge: bool) -> list[
         met = (check(ratio, ">=", 1.0) and fvu_ok and l0_ok) if judge else None
         notes = [] if judge else ["not judged: --quick sizes"]
         notes += [
+            f"ratio of medians ({len(run.walls)} and {len(peer.walls)} runs)",
             f"FVU {run.metrics['fvu']:.4f} vs {peer.metrics['fvu']:.4f}",
             f"L0 {run.metrics['l0']:.1f} vs {peer.metrics['l0']:.1f}",
         ]
@@ -440,8 +461,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--kinds", default="l1,topk", help="comma list of l1, topk")
     ap.add_argument("--peer-tries", type=int, help="peer L1 trainings to match L0 (default 4)")
     ap.add_argument("--quick", action="store_true", help="~20k tokens per SAE, small sets")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each compared config (>= 1)"
+    )
     ap.add_argument("--json", help="write the result dict here")
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not set(kinds) <= {"l1", "topk"}:
         ap.error(f"--kinds: {kinds} (allowed: l1, topk)")
@@ -523,13 +549,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{peer.metrics['fvu']:.4f}, {peer.tokens_per_s:,.0f} tok/s",
                 flush=True,
             )
+        dtypes = {auto_name: auto, "fp32": None}
+        for run in [*ours, peer]:  # the compared configs, timed again
+            for _ in range(args.repeats - 1):
+                run.repeat_walls.append(rerun(run, setup, dtypes, standard, top_k).wall_s)
+            print(f"  {run.label()}: {run.spread_note()}", flush=True)
         runs += ours + peer_runs
         for run in [*ours, peer]:
             figures += [
-                Figure(f"sae {run.label()}: train", run.tokens_per_s, "tokens/s"),
+                Figure(
+                    f"sae {run.label()}: train",
+                    run.tokens_per_s,
+                    "tokens/s",
+                    note=run.spread_note(),
+                ),
                 Figure(
                     f"sae {run.label()}: wall per SAE",
-                    run.wall_s,
+                    statistics.median(run.walls),
                     "s",
                     note=f"FVU {run.metrics['fvu']:.4f}, L0 {run.metrics['l0']:.1f}",
                 ),
@@ -578,6 +614,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "knob": r.knob,
                 "tokens": r.tokens,
                 "wall_s": r.wall_s,
+                "walls_s": r.walls,
                 "tokens_per_s": r.tokens_per_s,
                 **r.metrics,
                 **r.extra,
