@@ -30,9 +30,10 @@ Memory (float64 unless said otherwise, ``L`` = number of hidden-state layers):
 * pooled sums: ``2 * L * n_texts * D * 4`` bytes (float32), e.g. ~2.2 GB for 100k texts at
   ``D = 384``, ``L = 7``; they can live on another device (``pooled_device="cpu"``) than the
   moments;
-* per-batch temporaries: one layer at a time, two reusable ``[N_max, D]`` token workspaces
-  (``N_max`` = most masked-in tokens in a batch) plus a few ``D x D`` products, e.g. ~25 MB for
-  32 x 128 tokens at ``D = 384`` in float64.
+* per-batch temporaries: one layer at a time, four reusable token workspaces (PT and FT tokens
+  as ``[N_max, D]`` and token-major ``[D, N_max]``; ``N_max`` = most masked-in tokens in a
+  batch) plus a few ``D x D`` products, e.g. ~50 MB for 32 x 128 tokens at ``D = 384`` in
+  float64.
 
 :meth:`LayerSimilarityAccumulator.estimate_memory_bytes` computes these numbers before allocating.
 """
