@@ -33,8 +33,8 @@ rather than running it itself: reproducing is the long job, to be started knowin
 
 Usage::
 
-    python bench/run_all.py                   # everything, default sizes, 3 repeats (~1.5 h)
-    python bench/run_all.py --repeats 1       # one of each (~35 min)
+    python bench/run_all.py                   # everything, default sizes, 3 repeats (~70 min)
+    python bench/run_all.py --repeats 1       # one of each (~30 min)
     python bench/run_all.py --quick           # smoke run: sentiment only, tiny sizes, no file
     python bench/run_all.py --skip-e2e        # components + scaling only
     python bench/run_all.py --quick --results /tmp/r.md --keep
