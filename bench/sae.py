@@ -474,9 +474,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from layerwise.models import pick_device
+    from layerwise.models import autocast_dtype, pick_device
     from layerwise.sae import estimate_scale_factor
-    from layerwise.sae_runner import sae_width, training_dtype
+    from layerwise.sae_runner import sae_width
 
     params = load_repo_params()
     sp = params.sae
@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed=seed,
         device=device,
     )
-    auto = training_dtype(sp.precision, device)
+    auto = autocast_dtype(sp.precision, device)
     auto_name = f"auto={'bf16' if auto is not None else 'fp32'}"
     info = machine_info()
     print(

@@ -476,10 +476,10 @@ def test_trained_saes_learn_synthetic_sparse_features():
 def test_auto_precision_is_bf16_only_on_cpus_that_multiply_bf16_natively(
     monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, expected: torch.dtype | None
 ) -> None:
-    from layerwise.sae_runner import training_dtype
+    from layerwise.models import autocast_dtype
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
-    assert training_dtype("auto", "cpu") is expected
-    assert training_dtype("float32", "cpu") is None
-    assert training_dtype("bfloat16", "cpu") is torch.bfloat16
+    assert autocast_dtype("auto", "cpu") is expected
+    assert autocast_dtype("float32", "cpu") is None
+    assert autocast_dtype("bfloat16", "cpu") is torch.bfloat16

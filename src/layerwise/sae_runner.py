@@ -14,6 +14,7 @@ import numpy as np
 
 from layerwise.activations import ActivationStore, iterate_batches, store_name, tokenize_texts
 from layerwise.config import ConfigError, SAEParams
+from layerwise.models import autocast_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,6 @@ def check_sae_params(params: SAEParams, d_in: int) -> int:
             f"(sae.expansion={params.expansion} x width {d_in})"
         )
     return d_sae
-
-
-def training_dtype(precision: str, device: Any) -> Any:
-    """The autocast dtype for SAE training (None = float32): :func:`models.autocast_dtype`."""
-    from layerwise.models import autocast_dtype
-
-    return autocast_dtype(precision, device)
 
 
 def mean_pool_store(acts: np.ndarray, text_id: np.ndarray) -> np.ndarray:
@@ -157,7 +151,7 @@ def train_and_evaluate(
         device=device,
         on_log=on_log,
         progress=True,
-        autocast_dtype=training_dtype(params.precision, device),
+        autocast_dtype=autocast_dtype(params.precision, device),
     )
     metrics: dict[str, float] = {}
     freqs = {}
