@@ -24,7 +24,7 @@ import yaml
 from conftest import REPO_PARAMS, REPO_ROOT
 
 from layerwise import claims as C
-from layerwise import figures, tables
+from layerwise import figures, plots, tables
 from layerwise.config import load_params
 from layerwise.paths import Paths
 
@@ -485,8 +485,8 @@ def test_plot_token_maps_writes_a_png_of_the_expected_size(tmp_path: Path) -> No
     units = figures.token_map_units([2, 4, 6])
     assert units == ["pt_L2", "ft_L2", "pt_L4", "ft_L4", "pt_L6", "ft_L6"]
     out = tmp_path / "maps" / "sentiment.png"
-    figures.plot_token_maps(feats["examples"], units, out, "token maps", dpi=100)
-    w, h = figures.token_map_figsize(len(feats["examples"]), len(units))
+    plots.plot_token_maps(feats["examples"], units, out, "token maps", dpi=100)
+    w, h = plots.token_map_figsize(len(feats["examples"]), len(units))
     assert png_size(out) == (round(w * 100), round(h * 100))
 
 
@@ -575,7 +575,7 @@ def test_token_maps_tolerate_missing_units_and_empty_examples(tmp_path: Path) ->
     del ex["maps"]["ft_L4"]
     empty = {"text_index": 9, "label": "positive", "text": "", "tokens": [], "maps": {}}
     out = tmp_path / "maps.png"
-    figures.plot_token_maps([ex, empty], figures.token_map_units([2, 4, 6]), out, "t", dpi=50)
+    plots.plot_token_maps([ex, empty], figures.token_map_units([2, 4, 6]), out, "t", dpi=50)
     assert png_size(out)[0] == round(figures.TOKEN_MAP_WIDTH * 50)
-    figures.plot_token_maps([], ["pt_L2"], tmp_path / "none.png", "t", dpi=50)
+    plots.plot_token_maps([], ["pt_L2"], tmp_path / "none.png", "t", dpi=50)
     assert (tmp_path / "none.png").stat().st_size > 0

@@ -5,7 +5,10 @@ params it used."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any
 
 from layerwise import tracking
 from layerwise.config import Params, load_params, section_dict
+from layerwise.errors import UserError
 from layerwise.runtime import quiet_libraries, setup_logging
 
 
@@ -102,3 +106,18 @@ def stage_run(
     ) as run:
         run.log_params(used)
         yield run
+
+
+def run_script(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
+    """A stage script's ``__main__``: run ``main``; a :class:`UserError` prints one line
+    ``error: ...`` and exits with status 2 (the traceback only with ``LAYERWISE_DEBUG=1``), so a
+    user sees what to fix, not where in the code it was noticed."""
+    try:
+        main(argv)
+    except UserError as exc:
+        if os.environ.get("LAYERWISE_DEBUG") == "1":
+            raise
+        logging.getLogger(__name__).debug("user error", exc_info=True)
+        message = " ".join(str(exc).split())
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -18,11 +18,13 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from layerwise.errors import UserError
+
 PARAMS_FILE = "params.yaml"
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A params value is missing, of the wrong type, or out of range."""
 
 

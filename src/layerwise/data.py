@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from layerwise.config import ConfigError, LabelSpec, TaskDef
+from layerwise.errors import UserError
 from layerwise.sources import SourceError, resolve
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ TABLE_SUFFIXES = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The data of a task cannot be turned into a usable classification set."""
 
 

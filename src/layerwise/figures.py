@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib import rc_context
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from layerwise.claims import early_middle_late
+from layerwise.plots import RC, draw_token_maps, new_figure
 from layerwise.tables import PAPER_DATASET_FOR_TASK, PAPER_MODEL, paper_reference_cosine
 
 if TYPE_CHECKING:
@@ -43,31 +43,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RC: dict[str, Any] = {
-    "font.size": 9.5,
-    "axes.titlesize": 10.5,
-    "axes.labelsize": 9.5,
-    "legend.fontsize": 8.5,
-    "xtick.labelsize": 8.5,
-    "ytick.labelsize": 8.5,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "text.parse_math": False,  # tokens and texts may hold '$'
-    "pdf.fonttype": 42,
-    "figure.facecolor": "white",
-    "savefig.facecolor": "white",
-}
 MODEL_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d")
 PT_STYLE: dict[str, Any] = {"linestyle": ":", "marker": "o", "markerfacecolor": "white"}
 FT_STYLE: dict[str, Any] = {"linestyle": "-", "marker": "s"}
 BASELINE_STYLE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1.0}
 BAND_ALPHA = 0.18
-TOKEN_MAP_WIDTH = 13.0
-TOKEN_MAP_MAX_TOKENS = 48
-"""Long texts (news articles) are cut to their first tokens so labels stay legible."""
-TOKEN_MAP_CMAP = "viridis"
 
 CAPTIONS: dict[str, str] = {
     "layerwise_similarity": (
@@ -143,12 +123,6 @@ def figure_size(name: str, n_models: int, n_tasks: int) -> tuple[float, float]:
     return sizes[name]
 
 
-def _new_figure(size: tuple[float, float]) -> Figure:
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def save_figure(fig: Figure, out_dir: Path, name: str, dpi: int) -> tuple[Path, ...]:
     """``<name>.png`` at ``dpi`` and ``<name>.pdf``, without timestamps (stable outputs)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +170,7 @@ def _sae_layer_marks(ax: Axes, rs: RunSet) -> None:
 def layerwise_similarity(inputs: PaperInputs) -> Figure:
     """Cosine (left) and CKA (right) vs layer, one line per task; one row per model."""
     colours = task_colours(inputs.tasks)
-    fig = _new_figure(figure_size("layerwise_similarity", len(inputs.models), len(inputs.tasks)))
+    fig = new_figure(figure_size("layerwise_similarity", len(inputs.models), len(inputs.tasks)))
     axes = fig.subplots(len(inputs.models), 2, squeeze=False)
     for i, m in enumerate(inputs.models):
         for j, (metric, what) in enumerate(
@@ -239,7 +213,7 @@ def similarity_across_models(inputs: PaperInputs) -> Figure:
     """Cosine vs relative depth, one line per model, one panel per task."""
     colours = model_colours(inputs.models)
     size = figure_size("similarity_across_models", len(inputs.models), len(inputs.tasks))
-    fig = _new_figure(size)
+    fig = new_figure(size)
     axes = fig.subplots(1, len(inputs.tasks), squeeze=False, sharey=True)[0]
     for ax, t in zip(axes, inputs.tasks, strict=True):
         if PAPER_DATASET_FOR_TASK.get(t) == "IMDB":
@@ -293,7 +267,7 @@ def finetune_curves(inputs: PaperInputs) -> Figure:
     """Per task: train loss vs step, val accuracy per epoch (two rows per model)."""
     colours = task_colours(inputs.tasks)
     n_m, n_t = len(inputs.models), len(inputs.tasks)
-    fig = _new_figure(figure_size("finetune_curves", n_m, n_t))
+    fig = new_figure(figure_size("finetune_curves", n_m, n_t))
     axes = fig.subplots(2 * n_m, n_t, squeeze=False)
     for i, m in enumerate(inputs.models):
         for j, t in enumerate(inputs.tasks):
@@ -355,7 +329,7 @@ def probe_accuracy(inputs: PaperInputs) -> Figure:
     """Probe accuracy per layer, PT vs FT, per task, with the majority baseline."""
     colours = task_colours(inputs.tasks)
     n_m, n_t = len(inputs.models), len(inputs.tasks)
-    fig = _new_figure(figure_size("probe_accuracy", n_m, n_t))
+    fig = new_figure(figure_size("probe_accuracy", n_m, n_t))
     axes = fig.subplots(n_m, n_t, squeeze=False)
     for i, m in enumerate(inputs.models):
         for j, t in enumerate(inputs.tasks):
@@ -405,7 +379,7 @@ def sae_quality(inputs: PaperInputs) -> Figure:
     """Grouped bars: x = SAE layer, bars = task x (PT, FT); one panel per metric."""
     colours = task_colours(inputs.tasks)
     n_m, n_t = len(inputs.models), len(inputs.tasks)
-    fig = _new_figure(figure_size("sae_quality", n_m, n_t))
+    fig = new_figure(figure_size("sae_quality", n_m, n_t))
     axes = fig.subplots(n_m, len(SAE_PANELS), squeeze=False)
     width = 0.8 / (2 * n_t)
     for i, m in enumerate(inputs.models):
@@ -463,7 +437,7 @@ def feature_evolution(inputs: PaperInputs) -> Figure:
     """MMCS per SAE layer, and selectivity (top-feature AUC, selective fraction) PT vs FT."""
     colours = task_colours(inputs.tasks)
     n_m, n_t = len(inputs.models), len(inputs.tasks)
-    fig = _new_figure(figure_size("feature_evolution", n_m, n_t))
+    fig = new_figure(figure_size("feature_evolution", n_m, n_t))
     axes = fig.subplots(n_m, 3, squeeze=False)
     for i, m in enumerate(inputs.models):
         for t in inputs.tasks:
@@ -516,108 +490,6 @@ def token_map_units(layers: Sequence[int]) -> list[str]:
     early, middle, late = early_middle_late(layers)
     picked = sorted({early, late} | ({middle} if middle is not None else set()))
     return [f"{which}_L{k}" for k in picked for which in ("pt", "ft")]
-
-
-def token_map_figsize(n_examples: int, n_units: int) -> tuple[float, float]:
-    """Inches: fixed width, height grows with examples and rows."""
-    return TOKEN_MAP_WIDTH, 0.9 + max(n_examples, 1) * (0.3 * n_units + 1.3)
-
-
-def _unit_label(unit: str, features: Sequence[int] | None) -> str:
-    which, _, layer = unit.partition("_")
-    feat = f" #{features[0]}" if features else ""
-    return f"{layer} {which.upper()}{feat}"
-
-
-def draw_token_maps(
-    examples: Sequence[dict[str, Any]],
-    units: Sequence[str],
-    title: str,
-    max_tokens: int = TOKEN_MAP_MAX_TOKENS,
-) -> Figure:
-    """One heat-map per example text: rows = units, columns = tokens, colour = activation of the
-    unit's top feature (the first of its three), on one colour scale shared by all panels.
-
-    Args:
-        examples: entries of ``features.json`` ``examples`` (``tokens``, ``maps``, ...).
-        units: map keys to show, in row order (e.g. :func:`token_map_units`).
-    """
-    with rc_context(RC):
-        fig = _new_figure(token_map_figsize(len(examples), len(units)))
-        if not examples:
-            fig.text(0.5, 0.5, "no example texts in features.json", ha="center", va="center")
-            fig.suptitle(title)
-            return fig
-        axes = fig.subplots(len(examples), 1, squeeze=False)[:, 0]
-        grids, vmax = [], 0.0
-        for ex in examples:
-            tokens = list(ex.get("tokens", []))
-            maps = ex.get("maps", {})
-            n_all = min([len(tokens)] + [len(maps[u]["activations"]) for u in units if u in maps])
-            n = min(n_all, max_tokens)
-            if n == 0:  # nothing to show: one blank column keeps the panel drawable
-                tokens, n_all = ["(no tokens)"], 1
-            grid = np.full((len(units), max(n, 1)), np.nan)
-            for r, u in enumerate(units):
-                if u in maps and n:
-                    acts = np.asarray(maps[u]["activations"], dtype=float)
-                    grid[r] = acts[:n, 0] if acts.ndim == 2 else acts[:n]
-            if np.isfinite(grid).any():
-                vmax = max(vmax, float(np.nanmax(grid)))
-            grids.append((ex, tokens[: max(n, 1)], n_all, grid))
-        vmax = vmax if vmax > 0 else 1.0
-        image = None
-        for ax, (ex, tokens, n_all, grid) in zip(axes, grids, strict=True):
-            image = ax.imshow(
-                np.ma.masked_invalid(grid),
-                aspect="auto",
-                interpolation="nearest",
-                cmap=TOKEN_MAP_CMAP,
-                vmin=0.0,
-                vmax=vmax,
-            )
-            ax.grid(False)
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            maps = ex.get("maps", {})
-            ax.set_yticks(
-                range(len(units)),
-                [_unit_label(u, maps.get(u, {}).get("features")) for u in units],
-            )
-            ax.set_xticks(
-                range(len(tokens)), tokens, rotation=90 if len(tokens) > 20 else 0, fontsize=7.5
-            )
-            ax.tick_params(length=0)
-            for r in range(2, len(units), 2):
-                ax.axhline(r - 0.5, color="white", linewidth=2)
-            text = str(ex.get("text", ""))
-            text = text if len(text) <= 110 else text[:107] + "..."
-            cut = f" (first {len(tokens)} of {n_all} tokens)" if n_all > len(tokens) else ""
-            ax.set_title(f"label: {ex.get('label', '?')}{cut} | {text}", loc="left", fontsize=9)
-        fig.colorbar(
-            image,
-            ax=list(axes),
-            label="activation of the unit's top feature",
-            fraction=0.025,
-            pad=0.01,
-        )
-        fig.suptitle(title)
-    return fig
-
-
-def plot_token_maps(
-    examples: list[dict], units: list[str], out_path: Path, title: str, dpi: int
-) -> None:
-    """Draw :func:`draw_token_maps` and save it to ``out_path`` (format from its suffix).
-
-    The features stage calls this for a quick per-task PNG; the paper stage draws the same
-    picture through :func:`token_maps`.
-    """
-    fig = draw_token_maps(examples, units, title)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with rc_context(RC):
-        fig.savefig(out_path, dpi=dpi)
 
 
 def token_maps(inputs: PaperInputs, model: str, task: str) -> Figure:
@@ -695,13 +567,11 @@ __all__ = [
     "finetune_curves",
     "layerwise_similarity",
     "mean_curve",
-    "plot_token_maps",
     "probe_accuracy",
     "sae_quality",
     "save_figure",
     "similarity_across_models",
     "task_colours",
-    "token_map_figsize",
     "token_map_name",
     "token_map_units",
     "token_maps",

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from layerwise.errors import UserError
 from layerwise.sources import SourceError, resolve
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A model source does not hold a usable model."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from layerwise.config import check_source
+from layerwise.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ OFFLINE_HINT = (
 MODEL_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A source cannot be resolved to local files."""
 
 

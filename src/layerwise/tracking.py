@@ -15,12 +15,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from layerwise.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """MLflow could not be reached or written."""
 
 

@@ -21,6 +21,7 @@ import transformers
 import layerwise.compare
 import layerwise.finetune
 import layerwise.models
+import layerwise.pipeline.prepare
 import layerwise.sae
 from layerwise.config import ConfigError, Params
 from layerwise.data import DataError
@@ -59,7 +60,7 @@ def no_expensive_work(monkeypatch: pytest.MonkeyPatch) -> None:
         (layerwise.sae, "train_saes"),
         (transformers.Trainer, "train"),
         # prepare's only model load: the stats tokenizer, after the data is split.
-        (stage_module("prepare"), "load_tokenizer"),
+        (layerwise.pipeline.prepare, "load_tokenizer"),
     ):
         monkeypatch.setattr(module, name, _expensive)
 
