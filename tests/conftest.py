@@ -41,6 +41,17 @@ FILLER_WORDS = (
 KEYWORDS = {"positive": "great", "negative": "awful"}
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` are skipped where torch sees no CUDA device: they run on a GPU
+    machine, through ``bench/gpu_check.sh``."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:
     """Every test starts from the same random state (Python, NumPy, torch)."""

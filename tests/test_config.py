@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_PARAMS
+from conftest import REPO_PARAMS, load_stage
 
 from layerwise.config import (
     ConfigError,
@@ -265,3 +265,53 @@ def test_from_dict_coerces_ints_to_floats_but_not_bools() -> None:
     assert spec.low == -4.0
     with pytest.raises(ConfigError, match=r"labels\.threshold=True must be a number"):
         from_dict(LabelSpec, {"kind": "sign", "threshold": True, "names": ["n", "p"]}, "labels")
+
+
+def rename_key(raw: dict[str, Any], section: str, new: str) -> dict[str, Any]:
+    """``raw`` with the first key of ``section`` renamed to ``new`` (``tasks`` and
+    ``data.stats_model`` follow, so only the key's spelling can be wrong)."""
+    raw = copy.deepcopy(raw)
+    old = next(iter(raw[section]))
+    raw[section] = {new if k == old else k: v for k, v in raw[section].items()}
+    if section == "task_defs":
+        raw["tasks"] = [new if t == old else t for t in raw["tasks"]]
+    elif raw.get("data", {}).get("stats_model") == old:
+        raw["data"]["stats_model"] = new
+    return raw
+
+
+@pytest.mark.parametrize("section", ["task_defs", "models"])
+@pytest.mark.parametrize("key", ["../../x", "Bad Key", "x/y", "-lead", "_lead", "Upper", ""])
+def test_unsafe_task_and_model_keys_are_refused(
+    raw_params: dict[str, Any], section: str, key: str
+) -> None:
+    """Task and model keys become paths and stage names: a key outside [a-z0-9][a-z0-9_-]*
+    fails at load, naming the section and the key."""
+    with pytest.raises(ConfigError) as info:
+        params_from_dict(rename_key(raw_params, section, key))
+    message = str(info.value)
+    assert f"{section} key {key!r} is not a safe name" in message
+    assert "lowercase letters, digits, '_' and '-'" in message
+
+
+@pytest.mark.parametrize("key", ["kw", "minilm-l6", "bert_base", "0shot", "a"])
+def test_safe_keys_are_accepted(raw_params: dict[str, Any], key: str) -> None:
+    """Lowercase letters, digits, '_' and '-' (not first) make a valid task or model key."""
+    assert key in params_from_dict(rename_key(raw_params, "task_defs", key)).task_defs
+    assert key in params_from_dict(rename_key(raw_params, "models", key)).models
+
+
+def test_unsafe_task_key_fails_before_anything_is_written(
+    raw_params: dict[str, Any], tmp_path: Path, mlflow_uri: str
+) -> None:
+    """The prepare stage given params with a task key '../../x' fails at params load: no file
+    appears under its root (nor beside it, where '../../x' would point)."""
+    raw = rename_key(raw_params, "task_defs", "../../x")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    root = tmp_path / "a" / "b" / "repo"
+    with pytest.raises(ConfigError, match=r"task_defs key '\.\./\.\./x' is not a safe name"):
+        load_stage("prepare").main(
+            ["--task", "../../x", "--params", str(params), "--root", str(root)]
+        )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mlruns.db", "params.yaml"]

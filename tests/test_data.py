@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -186,8 +188,9 @@ def test_class_too_small_to_stratify(tmp_path: Path) -> None:
         csv.writer(fh).writerows([("text", "label"), *zip(texts, labels, strict=True)])
     task = kw_task(path, max_train=20, max_val=8, max_analysis=8)
     ds = data.build_dataset(task, 3, "kw")
-    with pytest.raises(DataError, match=r"task 'kw'.*'train': 20, 'val': 8, 'analysis': 8"):
+    with pytest.raises(DataError, match=r"task 'kw'.*'train': 20, 'val': 8, 'analysis': 8") as info:
         data.stratified_splits(ds, task, 0, "kw")
+    assert "class(es) {'neutral': 1} have fewer than 3 texts" in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,3 +415,99 @@ def test_load_splits_without_prepare(tmp_path: Path) -> None:
     """Reading splits that were never prepared names the prepare stage to run."""
     with pytest.raises(FileNotFoundError, match=r"dvc repro prepare@kw"):
         data.load_splits(tmp_path / "kw")
+
+
+# --------------------------------------------------------------------------------------------
+# Text encodings
+# --------------------------------------------------------------------------------------------
+
+BOM_ENCODINGS = {
+    "utf-8-sig": (codecs.BOM_UTF8, "utf-8"),
+    "utf-16-le": (codecs.BOM_UTF16_LE, "utf-16-le"),
+    "utf-16-be": (codecs.BOM_UTF16_BE, "utf-16-be"),
+}
+
+
+def with_bom(text: str, encoding: str) -> bytes:
+    bom, codec = BOM_ENCODINGS[encoding]
+    return bom + text.encode(codec)
+
+
+def accented_texts(n: int) -> tuple[list[str], list[str]]:
+    """Keyword texts with a non-ASCII word, so a wrong decoding cannot go unnoticed."""
+    texts, labels = make_keyword_texts(n, 1)
+    return [f"{t} café naïve" for t in texts], labels
+
+
+def table_text(fmt: str, texts: list[str], labels: list[str]) -> str:
+    if fmt == "jsonl":
+        rows = zip(texts, labels, strict=True)
+        return "".join(
+            json.dumps({"text": t, "label": lab}, ensure_ascii=False) + "\n" for t, lab in rows
+        )
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\r\n")
+    writer.writerows([("text", "label"), *zip(texts, labels, strict=True)])
+    return out.getvalue()
+
+
+def write_encoded(tmp_path: Path, fmt: str, encode: Any) -> tuple[Path, list[str], list[str]]:
+    """A table or label-folder source whose files hold ``encode(text)``; returns the path and
+    the texts and labels it holds."""
+    texts, labels = accented_texts(30)
+    if fmt == "folder":
+        path = tmp_path / "d"
+        for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
+            (path / label).mkdir(parents=True, exist_ok=True)
+            (path / label / f"{i:03d}.txt").write_bytes(encode(text + "\n"))
+        return path, texts, labels
+    path = tmp_path / f"d.{fmt}"
+    path.write_bytes(encode(table_text(fmt, texts, labels)))
+    return path, texts, labels
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "folder"])
+@pytest.mark.parametrize("encoding", list(BOM_ENCODINGS))
+def test_files_with_a_byte_order_mark_are_read(tmp_path: Path, fmt: str, encoding: str) -> None:
+    """CSV, TSV, JSONL and label-folder files saved as UTF-8 with a BOM or as UTF-16 (LE or BE,
+    with its BOM) give the same texts and labels as plain UTF-8: the BOM is not part of the
+    first column name or text."""
+    path, texts, labels = write_encoded(tmp_path, fmt, lambda t: with_bom(t, encoding))
+    ds = data.build_dataset(kw_task(path), 3, "kw")
+    got = sorted(zip(ds["text"], ds.features["label"].int2str(ds["label"]), strict=True))
+    assert got == sorted(zip(texts, labels, strict=True))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_table_that_is_not_utf8_names_file_and_encoding(tmp_path: Path, fmt: str) -> None:
+    """A table in latin-1 (no BOM) is refused naming the file and UTF-8, not silently read
+    with replacement characters."""
+    path, _, _ = write_encoded(tmp_path, fmt, lambda t: t.encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        data.build_dataset(kw_task(path), 3, "kw")
+    message = str(info.value)
+    assert f"{path} cannot be decoded as utf-8 (no byte-order mark)" in message
+    assert "save it as UTF-8" in message
+
+
+@pytest.mark.parametrize("fmt", ["csv", "folder"])
+@pytest.mark.parametrize(
+    ("encoding", "broken"),
+    [
+        ("utf-8-sig", lambda t: codecs.BOM_UTF8 + t.encode("latin-1")),
+        ("utf-16-le", lambda t: with_bom(t, "utf-16-le") + b"\x00"),  # odd byte count
+        ("utf-16-be", lambda t: with_bom(t, "utf-16-be") + b"\xd8\x00"),  # lone surrogate
+    ],
+    ids=["utf-8-sig", "utf-16-le", "utf-16-be"],
+)
+def test_undecodable_file_with_a_bom_names_file_and_encoding(
+    tmp_path: Path, fmt: str, encoding: str, broken: Any
+) -> None:
+    """Bytes that are not valid in the encoding a BOM declares fail with a DataError naming
+    the file and that encoding (a label-folder text gets no latin-1 fallback then)."""
+    path, _, _ = write_encoded(tmp_path, fmt, broken)
+    with pytest.raises(DataError) as info:
+        data.build_dataset(kw_task(path), 3, "kw")
+    codec = BOM_ENCODINGS[encoding][1]
+    file = path if fmt == "csv" else sorted(path.rglob("*.txt"))[0]
+    assert f"{file} cannot be decoded as {codec} (its byte-order mark says so)" in str(info.value)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from layerwise.errors import MissingInputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -109,7 +111,7 @@ class ActivationStore:
         root = Path(root)
         meta_path = root / split / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"no activation store at {root / split}: it is made by the compare stage "
                 "(run `dvc repro compare@<model>-<task>-<seed>`)"
             )

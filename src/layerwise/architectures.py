@@ -30,7 +30,8 @@ class Layout:
     """Dotted attribute paths inside a family's base model (``model.base_model``)."""
 
     embeddings: str
-    """The module whose output is ``hidden_states[0]``."""
+    """The module whose output is ``hidden_states[0]``; ``a|b``: ``a`` where the model has it
+    (ELECTRA projects its embeddings when they are narrower than the blocks), else ``b``."""
     blocks: str
     """The ``ModuleList`` of transformer blocks, in order."""
     final_norm: str | None = None
@@ -48,7 +49,7 @@ LAYOUTS: dict[str, Layout] = {
     "bert": _ENCODER,
     "roberta": _ENCODER,
     "xlm-roberta": _ENCODER,
-    "electra": _ENCODER,
+    "electra": Layout(embeddings="embeddings_project|embeddings", blocks="encoder.layer"),
     "mpnet": _ENCODER,
     "distilbert": Layout(embeddings="embeddings", blocks="transformer.layer"),
     "modernbert": Layout(embeddings="embeddings", blocks="layers", final_norm="final_norm"),
@@ -96,7 +97,14 @@ def block_list(model: Any) -> list[Any]:
 
 def embedding_module(model: Any) -> Any:
     """The module whose output is ``hidden_states[0]``."""
-    return operator.attrgetter(layout_of(model.config).embeddings)(_base(model))
+    base = _base(model)
+    *preferred, fallback = layout_of(model.config).embeddings.split("|")
+    for path in preferred:
+        try:
+            return operator.attrgetter(path)(base)
+        except AttributeError:
+            continue
+    return operator.attrgetter(fallback)(base)
 
 
 def hidden_state_module(model: Any, layer: int) -> Any:

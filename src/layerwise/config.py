@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ from layerwise.errors import UserError
 
 PARAMS_FILE = "params.yaml"
 T = TypeVar("T")
+SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+"""Task and model keys: they become folder names, DVC stage names and MLflow run names."""
 
 
 class ConfigError(UserError):
@@ -428,8 +431,9 @@ class Params:
     tasks: list[str]
     """Task keys to run, each defined in ``task_defs``."""
     task_defs: dict[str, TaskDef]
+    """Task key -> where its data comes from; keys are safe names (``SAFE_NAME``)."""
     models: dict[str, ModelDef]
-    """Model key -> source and layers; every entry runs."""
+    """Model key (a safe name) -> source and layers; every entry runs."""
     data: DataParams = field(default_factory=DataParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     compare: CompareParams = field(default_factory=CompareParams)
@@ -439,6 +443,9 @@ class Params:
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
     def validate(self, prefix: str) -> None:
+        for section, keys in (("task_defs", self.task_defs), ("models", self.models)):
+            for key in keys:
+                _check_name(key, section)
         if not self.tasks:
             raise ConfigError("tasks is empty; list at least one key of task_defs")
         if not self.seeds:
@@ -475,6 +482,16 @@ class Params:
     @property
     def stats_model_key(self) -> str:
         return self.data.stats_model or next(iter(self.models))
+
+
+def _check_name(key: str, section: str) -> None:
+    """Refuse a key that is not a safe name (``../../x``, ``Bad Key``): keys become paths
+    under the repo, so an unchecked one could write outside it or break a stage name."""
+    if not SAFE_NAME.fullmatch(key):
+        raise ConfigError(
+            f"{section} key {key!r} is not a safe name: use lowercase letters, digits, '_' and "
+            "'-', starting with a letter or digit (keys become output folders and stage names)"
+        )
 
 
 def check_source(source: str, key: str) -> None:

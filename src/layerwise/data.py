@@ -7,6 +7,8 @@ three splits (train / val / analysis) are stratified by label, disjoint and seed
 
 from __future__ import annotations
 
+import codecs
+import io
 import logging
 import re
 from collections import Counter
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from layerwise.config import ConfigError, LabelSpec, TaskDef
-from layerwise.errors import UserError
+from layerwise.errors import MissingInputError, UserError
 from layerwise.sources import SourceError, resolve
 
 if TYPE_CHECKING:
@@ -33,6 +35,12 @@ TABLE_SUFFIXES = {
     ".json": "jsonl",
     ".parquet": "parquet",
 }
+BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+"""Byte-order marks and the encodings they declare (Windows tools write UTF-16 with a BOM)."""
 
 
 class DataError(UserError):
@@ -44,14 +52,43 @@ class DataError(UserError):
 # --------------------------------------------------------------------------------------------
 
 
+def _decode(raw: bytes, encoding: str, path: Path, how: str) -> str:
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} cannot be decoded as {encoding} ({how}): {exc.reason} at byte {exc.start}; "
+            "save it as UTF-8"
+        ) from None
+
+
+def _strip_bom(raw: bytes) -> tuple[bytes, str | None]:
+    """The bytes after a byte-order mark and the encoding it declares (None: no BOM)."""
+    for bom, encoding in BOMS:
+        if raw.startswith(bom):
+            return raw[len(bom) :], encoding
+    return raw, None
+
+
 def read_text_file(path: Path) -> str:
-    """UTF-8, falling back to latin-1 (one BBC article is latin-1; latin-1 decodes any bytes)."""
-    raw = path.read_bytes()
+    """A label folder's text: in the encoding its byte-order mark declares, else UTF-8 falling
+    back to latin-1 (one BBC article is latin-1; latin-1 decodes any bytes)."""
+    raw, declared = _strip_bom(path.read_bytes())
+    if declared is not None:
+        return _decode(raw, declared, path, "its byte-order mark says so")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         logger.info("%s is not UTF-8; decoded as latin-1", path)
         return raw.decode("latin-1")
+
+
+def _read_table_text(path: Path) -> str:
+    """A CSV/TSV/JSONL file's text: in the encoding its byte-order mark declares, else UTF-8.
+    No latin-1 fallback: a table that is not UTF-8 is refused rather than silently misread."""
+    raw, declared = _strip_bom(path.read_bytes())
+    how = "no byte-order mark" if declared is None else "its byte-order mark says so"
+    return _decode(raw, declared or "utf-8", path, how)
 
 
 def detect_format(path: Path, declared: str) -> str:
@@ -87,18 +124,18 @@ def read_table(path: Path, fmt: str):
 
     frames = []
     for file in _table_files(path, fmt):
+        text = None if fmt == "parquet" else io.StringIO(_read_table_text(file))
         try:
             if fmt in ("csv", "tsv"):
                 frame = pd.read_csv(
-                    file,
+                    text,
                     sep="\t" if fmt == "tsv" else ",",
                     dtype=str,
                     keep_default_na=False,
                     quoting=3 if fmt == "tsv" else 0,  # TSV: quote characters are text
-                    encoding_errors="replace",
                 )
             elif fmt == "jsonl":
-                frame = pd.read_json(file, lines=True, dtype=False)
+                frame = pd.read_json(text, lines=True, dtype=False)
             else:
                 frame = pd.read_parquet(file)
         except Exception as exc:
@@ -263,7 +300,16 @@ def stratified_splits(ds: Dataset, task: TaskDef, seed: int, task_key: str) -> D
     sizes = split_sizes(len(ds), task, task_key)
     labels = np.asarray(ds["label"])
     idx = np.arange(len(ds))
-    n_classes = len(ds.features["label"].names)
+    names = ds.features["label"].names
+    n_classes = len(names)
+    counts = np.bincount(labels, minlength=n_classes)
+    small = {names[c]: int(n) for c, n in enumerate(counts) if n < len(SPLITS)}
+    if small:
+        raise DataError(
+            f"task {task_key!r}: cannot stratify splits {sizes}: class(es) {small} have fewer "
+            f"than {len(SPLITS)} texts, one for each of {list(SPLITS)}; add texts or map "
+            f"them to another class (task_defs.{task_key}.labels)"
+        )
     try:
         rest, analysis = train_test_split(
             idx, test_size=sizes["analysis"], stratify=labels, random_state=seed
@@ -281,11 +327,12 @@ def stratified_splits(ds: Dataset, task: TaskDef, seed: int, task_key: str) -> D
         raise DataError(f"task {task_key!r}: cannot stratify splits {sizes}: {exc}") from exc
     out = {}
     for name, rows in (("train", train), ("val", val), ("analysis", analysis)):
-        present = len(np.unique(labels[rows]))
-        if present < n_classes:
+        present = set(labels[rows].tolist())
+        missing = [names[c] for c in range(n_classes) if c not in present]
+        if missing:
             raise DataError(
-                f"task {task_key!r}: split {name!r} ({len(rows)} texts) misses a class; "
-                "increase its size"
+                f"task {task_key!r}: split {name!r} ({len(rows)} texts) misses class(es) "
+                f"{missing}; increase its size"
             )
         out[name] = ds.select(np.sort(rows))
     return DatasetDict(out)
@@ -297,7 +344,7 @@ def load_splits(path: str | Path) -> DatasetDict:
 
     path = Path(path)
     if not (path / "dataset_dict.json").is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} holds no prepared splits: they are made by the prepare stage "
             f"(run `dvc repro prepare@{path.name}`)"
         )

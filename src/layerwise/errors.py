@@ -9,3 +9,12 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """Bad params, data, source or environment: the message names the bad value."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """An input another stage makes is not there: the message names the stage to run."""
+
+
+class StaleInputError(UserError):
+    """An input another stage made does not have the shape this code reads (made by older code
+    or edited by hand): the message names the file and what to rerun."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -115,6 +115,20 @@ def _encode_rows(encode: Encode, x: np.ndarray, n_features: int | None) -> np.nd
             f"width mismatch: encode returned F={out.shape[1]} features, expected {n_features}"
         )
     return out.astype(np.float32, copy=False)
+
+
+def _encoded_chunks(
+    encode: Encode, acts: np.ndarray, chunk: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, features)`` for each run of ``chunk`` rows of ``acts``, read as float32
+    and encoded; every chunk must have the first chunk's feature width."""
+    n_features: int | None = None
+    n_rows = acts.shape[0]
+    for start in range(0, n_rows, chunk):
+        stop = min(start + chunk, n_rows)
+        f = _encode_rows(encode, np.asarray(acts[start:stop], dtype=np.float32), n_features)
+        n_features = f.shape[1]
+        yield start, stop, f
 
 
 def _check_features(features: Sequence[int] | np.ndarray, n_features: int) -> np.ndarray:
@@ -230,59 +244,22 @@ def text_feature_matrix(
     chunk = _as_count("chunk", chunk)
     n_texts = _as_count("n_texts", n_texts)
     n_rows, _ = _check_acts(acts, d_in)
-    tid = _check_index("text_id", text_id, n_rows).astype(np.int64)
-    if n_rows == 0:
-        raise ValueError("activations have no rows")
-    if tid.min() < 0 or tid.max() >= n_texts:
-        raise ValueError(
-            f"text_id values must lie in [0, n_texts={n_texts}), "
-            f"got range [{tid.min()}, {tid.max()}]"
-        )
+    tid = _check_text_ids(text_id, n_rows, n_texts)
     tokens_per_text = np.bincount(tid, minlength=n_texts).astype(np.int64)
 
     per_text: np.ndarray | None = None
     fire_count: np.ndarray | None = None
-    n_features: int | None = None
-    for start in range(0, n_rows, chunk):
-        stop = min(start + chunk, n_rows)
-        x = np.asarray(acts[start:stop], dtype=np.float32)
-        f = _encode_rows(encode, x, n_features)
+    for start, stop, f in _encoded_chunks(encode, acts, chunk):
         if per_text is None:
-            n_features = f.shape[1]
             fill = -np.inf if reduce == "max" else 0.0
-            per_text = np.full((n_texts, n_features), fill, dtype=np.float32)
-            fire_count = np.zeros(n_features, dtype=np.int64)
+            per_text = np.full((n_texts, f.shape[1]), fill, dtype=np.float32)
+            fire_count = np.zeros(f.shape[1], dtype=np.int64)
         assert fire_count is not None
         fire_count += np.count_nonzero(f > 0, axis=0)
-
-        t = tid[start:stop]
-        run_starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
-        run_tids = t[run_starts]
-        unique_runs = np.unique(run_tids).size == run_tids.size
-        if reduce == "max":
-            run_val = np.maximum.reduceat(f, run_starts, axis=0)
-            if unique_runs:
-                per_text[run_tids] = np.maximum(per_text[run_tids], run_val)
-            else:
-                np.maximum.at(per_text, run_tids, run_val)
-        else:
-            run_val = np.add.reduceat(f, run_starts, axis=0)
-            if unique_runs:
-                per_text[run_tids] += run_val
-            else:
-                np.add.at(per_text, run_tids, run_val)
+        _merge_runs(per_text, f, tid[start:stop], np.maximum if reduce == "max" else np.add)
 
     assert per_text is not None and fire_count is not None
-    empty = tokens_per_text == 0
-    if empty.any():
-        logger.warning(
-            "%d of %d texts have no token rows; their feature activations are set to 0",
-            int(empty.sum()),
-            n_texts,
-        )
-        per_text[empty] = 0.0
-    if reduce == "mean":
-        per_text /= np.maximum(tokens_per_text, 1)[:, None].astype(np.float32)
+    _finish_per_text(per_text, tokens_per_text, reduce)
     logger.debug(
         "text_feature_matrix: %d tokens, %d texts, F=%d, %d alive features",
         n_rows,
@@ -297,6 +274,47 @@ def text_feature_matrix(
         tokens_per_text=tokens_per_text,
         reduce=reduce,
     )
+
+
+def _check_text_ids(text_id: np.ndarray, n_rows: int, n_texts: int) -> np.ndarray:
+    """``text_id`` as int64, one per activation row, each in ``[0, n_texts)``."""
+    tid = _check_index("text_id", text_id, n_rows).astype(np.int64)
+    if n_rows == 0:
+        raise ValueError("activations have no rows")
+    if tid.min() < 0 or tid.max() >= n_texts:
+        raise ValueError(
+            f"text_id values must lie in [0, n_texts={n_texts}), "
+            f"got range [{tid.min()}, {tid.max()}]"
+        )
+    return tid
+
+
+def _merge_runs(per_text: np.ndarray, f: np.ndarray, t: np.ndarray, ufunc: np.ufunc) -> None:
+    """Fold one chunk's feature rows ``f`` (text ids ``t``) into ``per_text`` in place: reduce
+    each run of equal text ids with ``ufunc`` (max or add), then merge the runs into their texts.
+    ``ufunc.at`` is needed only when a text has two runs in the chunk (unsorted rows)."""
+    run_starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    run_tids = t[run_starts]
+    run_val = ufunc.reduceat(f, run_starts, axis=0)
+    if np.unique(run_tids).size == run_tids.size:
+        per_text[run_tids] = ufunc(per_text[run_tids], run_val)
+    else:
+        ufunc.at(per_text, run_tids, run_val)
+
+
+def _finish_per_text(per_text: np.ndarray, tokens_per_text: np.ndarray, reduce: str) -> None:
+    """Zero the rows of texts without tokens (they still hold the fill value), and turn sums
+    into means for ``reduce="mean"``; in place."""
+    empty = tokens_per_text == 0
+    if empty.any():
+        logger.warning(
+            "%d of %d texts have no token rows; their feature activations are set to 0",
+            int(empty.sum()),
+            per_text.shape[0],
+        )
+        per_text[empty] = 0.0
+    if reduce == "mean":
+        per_text /= np.maximum(tokens_per_text, 1)[:, None].astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,24 +406,7 @@ def top_tokens(
     inverse = inverse.reshape(-1)
     counts = np.bincount(inverse, minlength=vocab.size).astype(np.int64)
 
-    feats: np.ndarray | None = None
-    n_features: int | None = None
-    sums: np.ndarray | None = None
-    for start in range(0, n_rows, chunk):
-        stop = min(start + chunk, n_rows)
-        x = np.asarray(acts[start:stop], dtype=np.float32)
-        f = _encode_rows(encode, x, n_features)
-        if feats is None:
-            n_features = f.shape[1]
-            feats = _check_features(feats_req, n_features)
-            sums = np.zeros((feats.size, vocab.size), dtype=np.float64)
-        assert sums is not None
-        inv = inverse[start:stop]
-        sel = f[:, feats]
-        for j in range(feats.size):
-            sums[j] += np.bincount(inv, weights=sel[:, j], minlength=vocab.size)
-    assert feats is not None and sums is not None
-
+    feats, sums = _token_sums(encode, acts, inverse, vocab.size, feats_req, chunk)
     eligible = np.flatnonzero(counts >= min_count)
     if eligible.size == 0:
         logger.warning(
@@ -428,6 +429,31 @@ def top_tokens(
             (int(elig_vocab[i]), float(means[i]), int(elig_counts[i])) for i in order
         ]
     return result
+
+
+def _token_sums(
+    encode: Encode,
+    acts: np.ndarray,
+    inverse: np.ndarray,
+    n_vocab: int,
+    features: np.ndarray,
+    chunk: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The checked feature indices, and ``[n_features, n_vocab]`` float64 sums of each
+    feature's activation per (compacted) token id, in one streaming pass over ``acts``."""
+    feats: np.ndarray | None = None
+    sums: np.ndarray | None = None
+    for start, stop, f in _encoded_chunks(encode, acts, chunk):
+        if feats is None:
+            feats = _check_features(features, f.shape[1])
+            sums = np.zeros((feats.size, n_vocab), dtype=np.float64)
+        assert sums is not None
+        inv = inverse[start:stop]
+        sel = f[:, feats]
+        for j in range(feats.size):
+            sums[j] += np.bincount(inv, weights=sel[:, j], minlength=n_vocab)
+    assert feats is not None and sums is not None
+    return feats, sums
 
 
 # --------------------------------------------------------------------------------------------

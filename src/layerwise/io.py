@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from layerwise.errors import MissingInputError
+
 logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
@@ -157,7 +159,7 @@ def read_json(path: str | Path, made_by: str | None = None) -> Any:
     path = Path(path)
     if not path.is_file():
         hint = f" (made by the {made_by} stage: run `dvc repro {made_by}`)" if made_by else ""
-        raise FileNotFoundError(f"{path} not found{hint}")
+        raise MissingInputError(f"{path} not found{hint}")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -187,7 +189,7 @@ def require(path: str | Path, made_by: str) -> Path:
     """Return ``path`` if it exists, else fail naming the stage that makes it."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} not found: it is made by the {made_by} stage (run `dvc repro {made_by}` first)"
         )
     return path

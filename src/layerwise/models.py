@@ -28,7 +28,7 @@ def pick_device(prefer: str | None = None) -> torch.device:
     """CUDA when available (or asked for), else CPU; nothing else assumes either."""
     import torch
 
-    if prefer:
+    if prefer and prefer != "auto":
         return torch.device(prefer)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -43,14 +43,24 @@ def cpu_has_fast_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def cuda_has_native_bf16(device: Any) -> bool:
+    """Whether the CUDA ``device`` (not merely the current one) multiplies bf16 in hardware:
+    compute capability 8.0 (Ampere) or newer. ``torch.cuda.is_bf16_supported()`` also says yes
+    for emulated bf16 on older cards (V100, T4), where it is slower than float32."""
+    import torch
+
+    major, _minor = torch.cuda.get_device_capability(torch.device(device))
+    return major >= 8
+
+
 def autocast_dtype(precision: str, device: Any) -> torch.dtype | None:
     """The mixed-precision dtype for training on ``device`` under a ``precision`` param
     (``auto`` | ``float32`` | ``bfloat16``); None means plain float32.
 
-    ``auto`` is bfloat16 where the hardware multiplies it natively (CUDA with bf16, CPUs per
-    :func:`cpu_has_fast_bf16`), float32 elsewhere: bf16 autocast keeps weights, optimizer state
-    and reductions in float32, and measured here it leaves results where float32 puts them
-    (fine-tuned accuracy, SAE FVU) at about twice the speed.
+    ``auto`` is bfloat16 where the hardware multiplies it natively (:func:`cuda_has_native_bf16`,
+    CPUs per :func:`cpu_has_fast_bf16`), float32 elsewhere: bf16 autocast keeps weights, optimizer
+    state and reductions in float32, and it leaves results where float32 puts them (fine-tuned
+    accuracy, SAE FVU) at about twice the speed.
     """
     import torch
 
@@ -60,7 +70,7 @@ def autocast_dtype(precision: str, device: Any) -> torch.dtype | None:
         return torch.bfloat16
     dev = torch.device(device)
     if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cuda_has_native_bf16(dev) else None
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
@@ -86,9 +96,23 @@ def _load(source: str, what: str, fn) -> Any:
 
 
 def load_tokenizer(source: str) -> Any:
+    """The source's tokenizer, with a padding token: decoder-only tokenizers (GPT-2, Llama)
+    ship none, so batches pad with the end-of-text token. Padding is on the right: real tokens
+    never attend to it (causal or masked attention), and the classifier finds the last real
+    token from the padding id."""
     from transformers import AutoTokenizer
 
-    return _load(source, "tokenizer", AutoTokenizer.from_pretrained)
+    tokenizer = _load(source, "tokenizer", AutoTokenizer.from_pretrained)
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ModelError(
+                f"model source {source!r}: its tokenizer has no padding, end-of-text or unknown "
+                "token to pad batches with"
+            )
+        tokenizer.pad_token = fallback
+    tokenizer.padding_side = "right"
+    return tokenizer
 
 
 def load_config(source: str) -> Any:
@@ -118,11 +142,14 @@ def load_classifier(source: str, label_names: list[str] | None = None) -> Any:
             "id2label": dict(enumerate(label_names)),
             "label2id": {n: i for i, n in enumerate(label_names)},
         }
-    return _load(
+    model = _load(
         source,
         "sequence classifier",
         lambda p: AutoModelForSequenceClassification.from_pretrained(p, **kwargs),
     )
+    if model.config.pad_token_id is None:  # decoder-only: the classifier finds the last real
+        model.config.pad_token_id = load_tokenizer(source).pad_token_id  # token by padding id
+    return model
 
 
 def num_layers(config: Any) -> int:
@@ -135,8 +162,12 @@ def max_positions(config: Any) -> int | None:
 
 
 def check_layers(layers: list[int], config: Any, key: str) -> None:
-    """Layers must be in 0..L (0 = embedding output)."""
+    """The architecture must be one whose blocks we can reach (:mod:`layerwise.architectures`)
+    and layers must be in 0..L (0 = embedding output)."""
+    from layerwise.architectures import layout_of
     from layerwise.config import ConfigError
+
+    layout_of(config)
 
     n = num_layers(config)
     bad = [layer for layer in layers if not 0 <= layer <= n]

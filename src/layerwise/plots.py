@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.image import AxesImage
 
 RC: dict[str, Any] = {
     "font.size": 9.5,
@@ -38,6 +42,7 @@ TOKEN_MAP_CMAP = "viridis"
 
 
 def new_figure(size: tuple[float, float]) -> Figure:
+    """A bare figure on an Agg canvas: no ``pyplot`` global state, nothing to close."""
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -54,6 +59,61 @@ def _unit_label(unit: str, features: Sequence[int] | None) -> str:
     return f"{layer} {which.upper()}{feat}"
 
 
+def _token_grid(
+    example: dict[str, Any], units: Sequence[str], max_tokens: int
+) -> tuple[list[str], int, np.ndarray]:
+    """(tokens shown, tokens in the text, ``[units, tokens]`` activations, NaN where a unit has
+    no map) for one example, cut to ``max_tokens``."""
+    tokens = list(example.get("tokens", []))
+    maps = example.get("maps", {})
+    n_all = min([len(tokens)] + [len(maps[u]["activations"]) for u in units if u in maps])
+    n = min(n_all, max_tokens)
+    if n == 0:  # nothing to show: one blank column keeps the panel drawable
+        tokens, n_all = ["(no tokens)"], 1
+    grid = np.full((len(units), max(n, 1)), np.nan)
+    for r, u in enumerate(units):
+        if u in maps and n:
+            acts = np.asarray(maps[u]["activations"], dtype=float)
+            grid[r] = acts[:n, 0] if acts.ndim == 2 else acts[:n]
+    return tokens[: max(n, 1)], n_all, grid
+
+
+def _draw_panel(
+    ax: Axes,
+    example: dict[str, Any],
+    units: Sequence[str],
+    shown: tuple[list[str], int, np.ndarray],
+    vmax: float,
+) -> AxesImage:
+    """One example's heat-map on ``ax``, titled with its label and (cut) text."""
+    tokens, n_all, grid = shown
+    image = ax.imshow(
+        np.ma.masked_invalid(grid),
+        aspect="auto",
+        interpolation="nearest",
+        cmap=TOKEN_MAP_CMAP,
+        vmin=0.0,
+        vmax=vmax,
+    )
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    maps = example.get("maps", {})
+    ax.set_yticks(
+        range(len(units)),
+        [_unit_label(u, maps.get(u, {}).get("features")) for u in units],
+    )
+    ax.set_xticks(range(len(tokens)), tokens, rotation=90 if len(tokens) > 20 else 0, fontsize=7.5)
+    ax.tick_params(length=0)
+    for r in range(2, len(units), 2):
+        ax.axhline(r - 0.5, color="white", linewidth=2)
+    text = str(example.get("text", ""))
+    text = text if len(text) <= 110 else text[:107] + "..."
+    cut = f" (first {len(tokens)} of {n_all} tokens)" if n_all > len(tokens) else ""
+    ax.set_title(f"label: {example.get('label', '?')}{cut} | {text}", loc="left", fontsize=9)
+    return image
+
+
 def draw_token_maps(
     examples: Sequence[dict[str, Any]],
     units: Sequence[str],
@@ -65,7 +125,7 @@ def draw_token_maps(
 
     Args:
         examples: entries of ``features.json`` ``examples`` (``tokens``, ``maps``, ...).
-        units: map keys to show, in row order (e.g. :func:`token_map_units`).
+        units: map keys to show, in row order (e.g. ``pt_L2``, ``ft_L2``, ...).
     """
     with rc_context(RC):
         fig = new_figure(token_map_figsize(len(examples), len(units)))
@@ -74,53 +134,15 @@ def draw_token_maps(
             fig.suptitle(title)
             return fig
         axes = fig.subplots(len(examples), 1, squeeze=False)[:, 0]
-        grids, vmax = [], 0.0
-        for ex in examples:
-            tokens = list(ex.get("tokens", []))
-            maps = ex.get("maps", {})
-            n_all = min([len(tokens)] + [len(maps[u]["activations"]) for u in units if u in maps])
-            n = min(n_all, max_tokens)
-            if n == 0:  # nothing to show: one blank column keeps the panel drawable
-                tokens, n_all = ["(no tokens)"], 1
-            grid = np.full((len(units), max(n, 1)), np.nan)
-            for r, u in enumerate(units):
-                if u in maps and n:
-                    acts = np.asarray(maps[u]["activations"], dtype=float)
-                    grid[r] = acts[:n, 0] if acts.ndim == 2 else acts[:n]
-            if np.isfinite(grid).any():
-                vmax = max(vmax, float(np.nanmax(grid)))
-            grids.append((ex, tokens[: max(n, 1)], n_all, grid))
+        shown = [_token_grid(ex, units, max_tokens) for ex in examples]
+        vmax = max([0.0] + [float(np.nanmax(g)) for _, _, g in shown if np.isfinite(g).any()])
         vmax = vmax if vmax > 0 else 1.0
-        image = None
-        for ax, (ex, tokens, n_all, grid) in zip(axes, grids, strict=True):
-            image = ax.imshow(
-                np.ma.masked_invalid(grid),
-                aspect="auto",
-                interpolation="nearest",
-                cmap=TOKEN_MAP_CMAP,
-                vmin=0.0,
-                vmax=vmax,
-            )
-            ax.grid(False)
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            maps = ex.get("maps", {})
-            ax.set_yticks(
-                range(len(units)),
-                [_unit_label(u, maps.get(u, {}).get("features")) for u in units],
-            )
-            ax.set_xticks(
-                range(len(tokens)), tokens, rotation=90 if len(tokens) > 20 else 0, fontsize=7.5
-            )
-            ax.tick_params(length=0)
-            for r in range(2, len(units), 2):
-                ax.axhline(r - 0.5, color="white", linewidth=2)
-            text = str(ex.get("text", ""))
-            text = text if len(text) <= 110 else text[:107] + "..."
-            cut = f" (first {len(tokens)} of {n_all} tokens)" if n_all > len(tokens) else ""
-            ax.set_title(f"label: {ex.get('label', '?')}{cut} | {text}", loc="left", fontsize=9)
+        images = [
+            _draw_panel(ax, ex, units, grid, vmax)
+            for ax, ex, grid in zip(axes, examples, shown, strict=True)
+        ]
         fig.colorbar(
-            image,
+            images[-1],
             ax=list(axes),
             label="activation of the unit's top feature",
             fraction=0.025,
@@ -136,12 +158,10 @@ def plot_token_maps(
     """Draw :func:`draw_token_maps` and save it to ``out_path`` (format from its suffix).
 
     The features stage calls this for a quick per-task PNG; the paper stage draws the same
-    picture through :func:`token_maps`.
+    picture through :func:`layerwise.paper.figures.token_maps`.
     """
     fig = draw_token_maps(examples, units, title)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with rc_context(RC):
         fig.savefig(out_path, dpi=dpi)
-
-

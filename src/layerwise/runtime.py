@@ -7,6 +7,7 @@ import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -19,16 +20,35 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def seed_everything(seed: int) -> None:
-    """One seed for Python, NumPy and torch (and CUDA when present), before models are built."""
+def seed_everything(seed: int, device: Any = None) -> None:
+    """One seed for Python, NumPy and torch (and CUDA when present), before models are built;
+    on a CUDA ``device`` also :func:`deterministic_cuda`, so the same seed gives the same
+    metric files there too."""
     random.seed(seed)
     np.random.seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     import torch
 
+    if device is not None and torch.device(device).type == "cuda":
+        deterministic_cuda()
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def deterministic_cuda() -> None:
+    """Deterministic CUDA kernels, set before the first cuBLAS call.
+
+    Why: atomic adds (``index_add_`` over repeated indices, SDPA backward) and cuBLAS's split-K
+    workspaces make float sums depend on thread timing, so two runs of one seed would differ in
+    the last bits. cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` for its deterministic mode; ops
+    without a deterministic kernel warn (``warn_only``) instead of stopping a run.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    import torch
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
 
 
 def quiet_libraries() -> None:

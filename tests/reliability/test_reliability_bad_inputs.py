@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import transformers
 
-import layerwise.compare
-import layerwise.finetune
 import layerwise.models
+import layerwise.pipeline.compare
+import layerwise.pipeline.finetune
 import layerwise.pipeline.prepare
-import layerwise.sae
+import layerwise.sae.train
 from layerwise.config import ConfigError, Params
 from layerwise.data import DataError
 from layerwise.paths import Paths
@@ -37,7 +37,6 @@ from .reliability_support import (
     diff_snapshots,
     run_stage,
     snapshot,
-    stage_module,
     tmp_leftovers,
 )
 
@@ -55,9 +54,9 @@ def no_expensive_work(monkeypatch: pytest.MonkeyPatch) -> None:
     for module, name in (
         (layerwise.models, "load_classifier"),
         (layerwise.models, "load_encoder"),
-        (layerwise.finetune, "finetune"),
-        (layerwise.compare, "run_compare"),
-        (layerwise.sae, "train_saes"),
+        (layerwise.pipeline.finetune, "finetune"),
+        (layerwise.pipeline.compare, "run_compare"),
+        (layerwise.sae.train.SAETrainer, "fit"),
         (transformers.Trainer, "train"),
         # prepare's only model load: the stats tokenizer, after the data is split.
         (layerwise.pipeline.prepare, "load_tokenizer"),
@@ -175,6 +174,34 @@ def empty_after_cleaning(ws: Workspace) -> str:
 def one_class(ws: Workspace) -> None:
     rows = [[t, "positive"] for t, _ in keyword_rows(ws)]
     set_source(ws, write_csv(ws, "one_class.csv", ["text", "label"], rows))
+
+
+def latin1_csv(ws: Workspace) -> str:
+    path = ws.inputs / "latin1.csv"
+    lines = ["text,label", *(f"{t} café,{label}" for t, label in keyword_rows(ws))]
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    set_source(ws, path)
+    return str(path)
+
+
+def class_of_one_text(ws: Workspace) -> None:
+    rows = keyword_rows(ws)
+    rows[0][1] = "neutral"
+    set_source(ws, write_csv(ws, "class_of_one.csv", ["text", "label"], rows))
+
+
+def rename_key(section: str, key: str) -> Callable[[Workspace], None]:
+    """Rename the task (or model) key everywhere params name it."""
+
+    def edit(ws: Workspace) -> None:
+        old = TASK if section == "task_defs" else MODEL
+        ws.raw[section] = {key if k == old else k: v for k, v in ws.raw[section].items()}
+        if section == "task_defs":
+            ws.raw["tasks"] = [key if t == old else t for t in ws.raw["tasks"]]
+        elif ws.raw.get("data", {}).get("stats_model") == old:
+            ws.raw["data"]["stats_model"] = key
+
+    return edit
 
 
 def nan_in_train_store(ws: Workspace) -> str:
@@ -327,6 +354,13 @@ CASES = [
          section("finetune", max_length=True)),
     Case("nan-learning-rate", "sae", ConfigError, ("sae.learning_rate=nan", "finite"),
          section("sae", learning_rate=float("nan"))),
+    Case("csv-not-utf8", "prepare", DataError, ("cannot be decoded as utf-8",), latin1_csv),
+    Case("class-too-small-to-split", "prepare", DataError,
+         ("task 'kw'", "{'neutral': 1}", "fewer than 3 texts"), class_of_one_text),
+    Case("unsafe-task-key", "prepare", ConfigError, ("task_defs key '../../x' is not a safe",),
+         rename_key("task_defs", "../../x"), keys={"task": "../../x"}),
+    Case("unsafe-model-key", "finetune", ConfigError, ("models key 'Tiny Model' is not a safe",),
+         rename_key("models", "Tiny Model"), keys={"model": "Tiny Model"}),
 ]  # fmt: skip
 
 

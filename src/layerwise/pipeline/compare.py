@@ -1,12 +1,32 @@
-"""compare@<model>-<task>-<seed>: layer-wise PT vs FT similarity (cosine, CKA, probes, CIs) and
-activation stores of the SAE layers."""
+"""compare@<model>-<task>-<seed>: one streaming pass per split through PT and FT together.
+
+Analysis split: every layer's PT-vs-FT token cosine and linear CKA (streaming statistics, never
+all layers of all tokens in memory), mean-pooled per-text representations for the probes, and
+the SAE layers' token activations written to the analysis store, all from the same forward pass.
+Train split: the SAE layers' token activations of a seeded subset of texts within a token
+budget, for SAE training.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from layerwise import io
+from layerwise.activations import (
+    PairedEncoders,
+    budget_texts,
+    length_sorted_batches,
+    special_token_mask,
+    tokenize_texts,
+    write_store,
+)
 from layerwise.cli import StageArgs, prefixed, stage_run
+from layerwise.config import CompareParams, ConfigError
 from layerwise.data import load_splits
 from layerwise.models import (
     check_layers,
@@ -17,8 +37,28 @@ from layerwise.models import (
 )
 from layerwise.paths import Paths
 from layerwise.runtime import seed_everything
+from layerwise.schema import SIMILARITY_CI_METHODS, SIMILARITY_COLUMNS
+
+if TYPE_CHECKING:
+    from layerwise.similarity.accumulator import LayerSimilarityAccumulator
+    from layerwise.tracking import StageRun
 
 logger = logging.getLogger("compare")
+
+
+@dataclass
+class CompareResult:
+    """What one compare run found: a row per layer, the summary metrics, store sizes."""
+
+    layers: list[dict[str, Any]]
+    summary: dict[str, Any]
+    n_tokens_analysis: int
+    n_tokens_train: int
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
 
 
 def run(args: StageArgs) -> dict:
@@ -30,12 +70,11 @@ def run(args: StageArgs) -> dict:
     check_layers(model_def.layers, pt_config, f"models.{args.model}.layers")
     pt_tok, ft_tok = load_tokenizer(model_def.source), load_tokenizer(str(ft_dir))
     check_max_length(p.finetune.max_length, pt_config, pt_tok, "finetune.max_length")
+    check_pair(pt_tok, ft_tok, pt_config, ft_config)
 
-    from layerwise.activations import PairedEncoders
-    from layerwise.compare import CI_METHODS, LAYER_COLUMNS, check_pair, run_compare
+    # Looked up at call time, so the bad-input tests can make model loading fail loudly.
     from layerwise.models import load_encoder
 
-    check_pair(pt_tok, ft_tok, pt_config, ft_config)
     splits = load_splits(paths.prepared(args.task))
     device = pick_device()
     used = {
@@ -45,7 +84,7 @@ def run(args: StageArgs) -> dict:
         "seed": args.seed,
         "device": str(device),
     }
-    with stage_run("compare", args, used) as run:
+    with stage_run("compare", args, used) as tracked:
         seed_everything(args.seed)
         encoders = PairedEncoders(
             load_encoder(model_def.source).to(device), load_encoder(str(ft_dir)).to(device), device
@@ -62,36 +101,231 @@ def run(args: StageArgs) -> dict:
                 args.seed,
                 store,
             )
-            summary = {
-                **result.summary,
-                "store/n_tokens_analysis": result.n_tokens_analysis,
-                "store/n_tokens_train": result.n_tokens_train,
-            }
-            io.write_json(
-                staging.file(paths.similarity_json(*args.key)),
-                {**summary, "ci_methods": CI_METHODS, "confidence": p.compare.confidence},
-            )
-            csv_path = staging.file(paths.similarity_csv(*args.key))
-            io.write_csv(csv_path, result.layers, LAYER_COLUMNS)
-            run.log_metrics(summary)
-            for row in result.layers:
-                run.log_metrics(
-                    {k: row[k] for k in ("cosine", "cka", "probe_pt", "probe_ft")},
-                    step=row["layer"],
-                )
-            run.log_artifact(csv_path, "similarity", name="similarity.csv")
-        for row in result.layers:
-            logger.info(
-                "layer %d: cosine %.3f [%.3f, %.3f]  CKA %.3f [%.3f, %.3f]  probe PT %.3f FT %.3f",
-                row["layer"],
-                row["cosine"],
-                row["cosine_lo"],
-                row["cosine_hi"],
-                row["cka"],
-                row["cka_lo"],
-                row["cka_hi"],
-                row["probe_pt"],
-                row["probe_ft"],
-            )
+            summary = _write_outputs(result, args, paths, staging, tracked)
+        _log_rows(result.layers)
     return summary
 
+
+def _write_outputs(
+    result: CompareResult, args: StageArgs, paths: Paths, staging: io.Staging, tracked: StageRun
+) -> dict[str, Any]:
+    """similarity.json and similarity.csv (staged), the same numbers to MLflow; the summary."""
+    summary = {
+        **result.summary,
+        "store/n_tokens_analysis": result.n_tokens_analysis,
+        "store/n_tokens_train": result.n_tokens_train,
+    }
+    io.write_json(
+        staging.file(paths.similarity_json(*args.key)),
+        {
+            **summary,
+            "ci_methods": SIMILARITY_CI_METHODS,
+            "confidence": args.params.compare.confidence,
+        },
+    )
+    csv_path = staging.file(paths.similarity_csv(*args.key))
+    io.write_csv(csv_path, result.layers, list(SIMILARITY_COLUMNS))
+    tracked.log_metrics(summary)
+    for row in result.layers:
+        tracked.log_metrics(
+            {k: row[k] for k in ("cosine", "cka", "probe_pt", "probe_ft")},
+            step=row["layer"],
+        )
+    tracked.log_artifact(csv_path, "similarity", name="similarity.csv")
+    return summary
+
+
+def _log_rows(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        logger.info(
+            "layer %d: cosine %.3f [%.3f, %.3f]  CKA %.3f [%.3f, %.3f]  probe PT %.3f FT %.3f",
+            row["layer"],
+            row["cosine"],
+            row["cosine_lo"],
+            row["cosine_hi"],
+            row["cka"],
+            row["cka_lo"],
+            row["cka_hi"],
+            row["probe_pt"],
+            row["probe_ft"],
+        )
+
+
+def check_pair(pt_tokenizer: Any, ft_tokenizer: Any, pt_config: Any, ft_config: Any) -> None:
+    """PT and FT must tokenise identically and have the same width and depth."""
+    if pt_tokenizer.get_vocab() != ft_tokenizer.get_vocab():
+        raise ConfigError(
+            "the pre-trained and fine-tuned tokenizers differ (vocabularies are not equal): "
+            "token-level comparison needs the same tokens"
+        )
+    for attr in ("hidden_size", "num_hidden_layers"):
+        a, b = getattr(pt_config, attr), getattr(ft_config, attr)
+        if a != b:
+            raise ConfigError(f"PT and FT models differ in {attr}: {a} vs {b}")
+
+
+# --------------------------------------------------------------------------------------------
+# The work: one pass per split
+# --------------------------------------------------------------------------------------------
+
+
+def run_compare(
+    encoders: PairedEncoders,
+    tokenizer: Any,
+    splits: Any,
+    layers: list[int],
+    params: CompareParams,
+    max_length: int,
+    seed: int,
+    store_dir: Path,
+    progress: bool = True,
+) -> CompareResult:
+    """Similarity per layer (with CIs) on the analysis split; activation stores for SAEs."""
+    special = sorted(set(tokenizer.all_special_ids))
+    analysis = splits["analysis"]
+    ids = tokenize_texts(tokenizer, list(analysis["text"]), max_length)
+    meta = {"max_length": max_length, "special_ids": special}
+    acc, n_analysis = _analysis_pass(
+        encoders,
+        ids,
+        layers,
+        params,
+        store_dir,
+        tokenizer.pad_token_id,
+        {**meta, "split": "analysis", "labels": list(analysis["label"])},
+        progress,
+    )
+    train = splits["train"]
+    train_ids = tokenize_texts(tokenizer, list(train["text"]), max_length)
+    chosen, _ = budget_texts([len(x) for x in train_ids], params.token_budget, seed)
+    n_train = write_store(
+        encoders,
+        [train_ids[i] for i in chosen],
+        chosen,
+        layers,
+        store_dir / "train",
+        params.batch_size,
+        tokenizer.pad_token_id,
+        {
+            **meta,
+            "split": "train",
+            "labels": np.asarray(train["label"])[chosen].tolist(),
+            "token_budget": params.token_budget,
+        },
+        progress="train (store)" if progress else None,
+    )
+    rows = acc.result(n_boot=params.n_boot, seed=seed, confidence=params.confidence)
+    _add_depth_and_probes(rows, acc, np.asarray(analysis["label"]), params, seed)
+    summary = summarise(rows, layers)
+    summary["n_texts"] = len(ids)
+    summary["n_tokens"] = acc.n_tokens
+    return CompareResult(rows, summary, n_analysis, n_train)
+
+
+def _analysis_pass(
+    encoders: PairedEncoders,
+    ids: list[list[int]],
+    layers: list[int],
+    params: CompareParams,
+    store_dir: Path,
+    pad_id: int,
+    meta: dict[str, Any],
+    progress: bool,
+) -> tuple[LayerSimilarityAccumulator, int]:
+    """The analysis store and, from the same forward passes, the similarity statistics."""
+    # torch loads only once the work starts, so parsing and validating stay cheap.
+    import torch
+
+    from layerwise.similarity.accumulator import LayerSimilarityAccumulator
+
+    batches = length_sorted_batches([len(x) for x in ids], params.batch_size)
+    acc = LayerSimilarityAccumulator(
+        encoders.pt.config.num_hidden_layers + 1,
+        encoders.pt.config.hidden_size,
+        len(ids),
+        n_blocks=params.n_blocks,
+        device=encoders.device,
+        matmul_dtype=torch.float32,
+        block_of=_jackknife_blocks(batches, len(ids), params.n_blocks),
+    )
+
+    def on_batch(pt: tuple, ft: tuple, batch: dict, idx: np.ndarray) -> None:
+        mask = batch["attention_mask"].bool()
+        if params.exclude_special:
+            mask &= ~special_token_mask(batch["input_ids"], meta["special_ids"])
+        acc.update(pt, ft, mask, idx)
+
+    n_tokens = write_store(
+        encoders,
+        ids,
+        np.arange(len(ids)),
+        layers,
+        store_dir / "analysis",
+        params.batch_size,
+        pad_id,
+        meta,
+        on_batch=on_batch,
+        progress="analysis (similarity + store)" if progress else None,
+        batches=batches,
+    )
+    return acc, n_tokens
+
+
+def _jackknife_blocks(batches: list[np.ndarray], n_texts: int, n_blocks: int) -> np.ndarray:
+    """Each text's jackknife block: batch ``b`` (length-sorted) goes to block ``b mod n_blocks``.
+
+    So every block spans all text lengths (contiguous text-index blocks would follow the source
+    file's order, e.g. BBC's label folders) and every batch updates one block only (one matmul
+    per product).
+    """
+    block_of = np.zeros(n_texts, dtype=np.int64)
+    for b, idx in enumerate(batches):
+        block_of[idx] = b % n_blocks
+    return block_of
+
+
+def _add_depth_and_probes(
+    rows: list[dict[str, Any]],
+    acc: LayerSimilarityAccumulator,
+    labels: np.ndarray,
+    params: CompareParams,
+    seed: int,
+) -> None:
+    """Each row's depth and its PT and FT probe accuracies with CIs, in place."""
+    from layerwise.similarity.probes import probe_accuracy
+
+    for row in rows:
+        layer = row["layer"]
+        row["depth"] = layer / (acc.n_layers - 1)
+        for which in ("pt", "ft"):
+            probe = probe_accuracy(
+                acc.pooled(layer, which),
+                labels,
+                folds=params.probe_folds,
+                seed=seed,
+                n_boot=params.n_boot,
+                confidence=params.confidence,
+            )
+            row[f"probe_{which}"] = probe.accuracy
+            row[f"probe_{which}_lo"] = probe.lo
+            row[f"probe_{which}_hi"] = probe.hi
+
+
+def summarise(rows: list[dict[str, Any]], sae_layers: list[int]) -> dict[str, Any]:
+    """A few scalar keys for DVC metrics / MLflow: first, last, and the SAE layers."""
+    first, last = rows[0], rows[-1]
+    out: dict[str, Any] = {
+        "cosine/first": first["cosine"],
+        "cosine/last": last["cosine"],
+        "cka/first": first["cka"],
+        "cka/last": last["cka"],
+        "probe_pt/last": last["probe_pt"],
+        "probe_ft/last": last["probe_ft"],
+        "cosine/min": min(r["cosine"] for r in rows),
+        "cka/min": min(r["cka"] for r in rows),
+    }
+    for layer in sae_layers:
+        r = rows[layer]
+        out[f"cosine/L{layer}"] = r["cosine"]
+        out[f"cka/L{layer}"] = r["cka"]
+    return out

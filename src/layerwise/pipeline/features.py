@@ -1,19 +1,81 @@
 """features@<model>-<task>-<seed>: which SAE features change with fine-tuning, layer by layer:
 top-variance features with texts and tokens, label selectivity, PT/FT dictionary overlap, token
-maps and the generated qualitative table."""
+maps and the generated qualitative table.
+
+Everything is computed on the analysis split. The statistics themselves live in
+:mod:`layerwise.features` (plain numpy over an ``encode`` callable); this module feeds them the
+stored activations and trained SAEs, and assembles one JSON-able result per run.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from layerwise import features as F
 from layerwise import io
+from layerwise.activations import ActivationStore
 from layerwise.cli import StageArgs, prefixed, stage_run
-from layerwise.data import load_splits
+from layerwise.config import FeaturesParams
+from layerwise.data import DataError, load_splits
+from layerwise.errors import MissingInputError
+from layerwise.models import load_config, load_tokenizer, num_layers
 from layerwise.paths import Paths
+from layerwise.plots import plot_token_maps
+from layerwise.sae.model import load_sae, numpy_encoder
+from layerwise.schema import FEATURE_LAYER_COLUMNS, unit_name
 
 logger = logging.getLogger("features")
+
+WHICH = ("pt", "ft")
+TABLE_FEATURES_PER_UNIT = 3
+"""Rows per (layer, PT|FT) in the qualitative table."""
+MAPPED_FEATURES = 3
+"""Features drawn per unit on each example's token map."""
+
+
+@dataclass(frozen=True)
+class AnalysisSplit:
+    """The analysis split's texts and labels, and the tokenizer that reads its token ids."""
+
+    texts: list[str]
+    labels: np.ndarray
+    label_names: list[str]
+    tokenizer: Any
+
+    def tokens(self, ids: Any) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+
+    def label(self, text_index: int) -> str:
+        return self.label_names[int(self.labels[text_index])]
+
+
+class _StoreIndex(NamedTuple):
+    """Per token row of the activation store: its text, position in the text, vocabulary id."""
+
+    text_id: np.ndarray
+    position: np.ndarray
+    token_id: np.ndarray
+
+
+@dataclass(frozen=True)
+class _UnitCodes:
+    """One unit's SAE applied to that unit's stored activations."""
+
+    encode: F.Encode
+    acts: np.ndarray
+    d_in: int
+    text_features: F.TextFeatures
+    decoder: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
 
 
 def run(args: StageArgs) -> dict:
@@ -23,16 +85,14 @@ def run(args: StageArgs) -> dict:
     key = args.key
     store_root = io.require(paths.activations(*key), f"compare@{args.item}")
     sae_root = io.require(paths.saes(*key), f"sae@{args.item}")
-    splits = load_splits(paths.prepared(args.task))
-
-    from layerwise.features_runner import LAYER_COLUMNS, analyse, summary_metrics
-    from layerwise.models import load_config, load_tokenizer, num_layers
-    from layerwise.plots import plot_token_maps
-
-    tokenizer = load_tokenizer(model_def.source)
+    analysis = load_splits(paths.prepared(args.task))["analysis"]
+    split = AnalysisSplit(
+        texts=list(analysis["text"]),
+        labels=np.asarray(analysis["label"]),
+        label_names=list(analysis.features["label"].names),
+        tokenizer=load_tokenizer(model_def.source),
+    )
     n_model_layers = num_layers(load_config(model_def.source))
-    analysis = splits["analysis"]
-    label_names = list(analysis.features["label"].names)
     used = {
         **prefixed("features", p.features),
         f"models.{args.model}.layers": model_def.layers,
@@ -40,46 +100,289 @@ def run(args: StageArgs) -> dict:
     }
     with stage_run("features", args, used) as run:
         result = analyse(
-            store_root,
-            sae_root,
-            model_def.layers,
-            n_model_layers,
-            list(analysis["text"]),
-            np.asarray(analysis["label"]),
-            label_names,
-            tokenizer,
-            p.features,
-            args.seed,
+            store_root, sae_root, model_def.layers, n_model_layers, split, p.features, args.seed
         )
         metrics = summary_metrics(result)
         with io.Staging() as staging:
             io.write_json(staging.file(paths.features_json(*key)), result)
-            io.write_csv(staging.file(paths.features_csv(*key)), result["layers"], LAYER_COLUMNS)
+            columns = list(FEATURE_LAYER_COLUMNS)
+            io.write_csv(staging.file(paths.features_csv(*key)), result["layers"], columns)
             io.write_json(staging.file(paths.features_metrics(*key)), metrics)
             maps = staging.dir(paths.token_maps(*key))
-            io.write_json(maps / "token_maps.json", result["examples"])
-            units = [f"{w}_L{layer}" for layer in model_def.layers for w in ("pt", "ft")]
-            plot_token_maps(
-                result["examples"],
-                units,
-                maps / "token_maps.png",
-                title=f"{args.task}: top-feature activation per token ({args.model})",
-                dpi=p.paper.dpi,
-            )
+            _write_token_maps(result["examples"], model_def.layers, maps, args)
             run.log_metrics(metrics)
             run.log_artifacts(maps, "token_maps")
-        for row in result["layers"]:
-            logger.info(
-                "layer %d: MMCS %.3f (kept %.0f%%)  selectivity top-%d PT %.3f FT %.3f  "
-                "selective frac PT %.3f FT %.3f",
-                row["layer"],
-                row["mmcs"],
-                100 * row["kept_frac"],
-                p.features.top_n,
-                row["selectivity_top_pt"],
-                row["selectivity_top_ft"],
-                row["selective_frac_pt"],
-                row["selective_frac_ft"],
-            )
+        _log_layers(result["layers"], p.features.top_n)
     return metrics
 
+
+def _write_token_maps(
+    examples: list[dict[str, Any]], layers: list[int], folder: Path, args: StageArgs
+) -> None:
+    """The example texts' token maps as JSON (for the paper and the app) and as one PNG."""
+    io.write_json(folder / "token_maps.json", examples)
+    plot_token_maps(
+        examples,
+        [unit_name(which, layer) for layer in layers for which in WHICH],
+        folder / "token_maps.png",
+        title=f"{args.task}: top-feature activation per token ({args.model})",
+        dpi=args.params.paper.dpi,
+    )
+
+
+def _log_layers(rows: list[dict[str, Any]], top_n: int) -> None:
+    for row in rows:
+        logger.info(
+            "layer %d: MMCS %.3f (kept %.0f%%)  selectivity top-%d PT %.3f FT %.3f  "
+            "selective frac PT %.3f FT %.3f",
+            row["layer"],
+            row["mmcs"],
+            100 * row["kept_frac"],
+            top_n,
+            row["selectivity_top_pt"],
+            row["selectivity_top_ft"],
+            row["selective_frac_pt"],
+            row["selective_frac_ft"],
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The analysis
+# --------------------------------------------------------------------------------------------
+
+
+def analyse(
+    store_root: Path,
+    sae_root: Path,
+    layers: list[int],
+    n_model_layers: int,
+    split: AnalysisSplit,
+    params: FeaturesParams,
+    seed: int,
+    device: Any = "cpu",
+) -> dict[str, Any]:
+    """All feature results of one run, as one JSON-able dict: ``units`` (per PT|FT unit its
+    top features), ``layers`` (one ``FEATURE_LAYER_COLUMNS`` row per SAE layer), ``examples``
+    (token maps) and ``table`` (the paper's qualitative table)."""
+    store = ActivationStore.open(store_root, "analysis")
+    index = _StoreIndex(*(store.column(c) for c in _StoreIndex._fields))
+    if len(split.labels) != store.n_texts:
+        raise DataError(
+            f"analysis split has {len(split.labels)} texts but the activation store "
+            f"{store_root} holds {store.n_texts}: rerun compare"
+        )
+    examples = F.select_examples(
+        split.labels, params.examples_per_label, seed, len(split.label_names)
+    )
+    out: dict[str, Any] = {"units": {}, "layers": [], "examples": []}
+    dictionaries: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for which in WHICH:
+        for layer in layers:
+            name = unit_name(which, layer)
+            codes = _apply_sae(sae_root / name, store, name, index.text_id, params.reduce, device)
+            dictionaries[name] = codes.decoder, codes.text_features.alive
+            out["units"][name], top = _unit_result(which, layer, codes, index, split, params)
+            for text_index in examples:
+                token_ids, token_map = _token_map(text_index, top, codes, index)
+                entry = _example_entry(out["examples"], text_index, split, token_ids)
+                entry["maps"][name] = token_map
+    out["layers"] = [
+        _layer_row(layer, n_model_layers, out["units"], dictionaries, params.kept_threshold)
+        for layer in layers
+    ]
+    out["table"] = feature_table(out["units"], n_top=TABLE_FEATURES_PER_UNIT)
+    return out
+
+
+def _apply_sae(
+    sae_dir: Path,
+    store: ActivationStore,
+    name: str,
+    text_id: np.ndarray,
+    reduce: str,
+    device: Any,
+) -> _UnitCodes:
+    """Load the unit's SAE and reduce its feature activations per text (one streaming pass)."""
+    if not (sae_dir / "cfg.json").is_file():
+        raise MissingInputError(
+            f"no SAE at {sae_dir}: it is made by the sae stage (run `dvc repro sae@...`)"
+        )
+    sae = load_sae(sae_dir, device=device)
+    acts = store.acts(name)
+    encode = numpy_encoder(sae)
+    d_in = sae.cfg.d_in
+    text_features = F.text_feature_matrix(
+        encode, acts, text_id, store.n_texts, reduce=reduce, d_in=d_in
+    )
+    decoder = sae.W_dec.detach().cpu().numpy()
+    return _UnitCodes(encode, acts, d_in, text_features, decoder)
+
+
+def _unit_result(
+    which: str,
+    layer: int,
+    codes: _UnitCodes,
+    index: _StoreIndex,
+    split: AnalysisSplit,
+    params: FeaturesParams,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One unit's summary and its top-variance features (with texts and tokens), and the
+    indices of those features."""
+    tf = codes.text_features
+    top = F.top_variance_features(tf.per_text, params.top_n)
+    sel = F.label_selectivity(tf.per_text, split.labels, len(split.label_names))
+    alive_auc = sel.auc[tf.alive]
+    tokens = F.top_tokens(
+        codes.encode,
+        codes.acts,
+        index.token_id,
+        top,
+        params.top_tokens,
+        min_count=params.token_min_count,
+        d_in=codes.d_in,
+    )
+    feats = [
+        _feature_entry(int(f), tf, sel, tokens.get(int(f), []), split, params.top_k) for f in top
+    ]
+    selective = alive_auc >= params.selectivity_threshold
+    unit = {
+        "which": which,
+        "layer": layer,
+        "n_features": int(tf.per_text.shape[1]),
+        "alive_frac": float(tf.alive.mean()),
+        "selectivity_top": float(np.mean([x["selectivity"] for x in feats])),
+        "selective_frac": float(np.mean(selective)) if alive_auc.size else 0.0,
+        "selectivity_alive_mean": float(alive_auc.mean()) if alive_auc.size else 0.5,
+        "top_features": feats,
+    }
+    return unit, top
+
+
+def _feature_entry(
+    feature: int,
+    tf: F.TextFeatures,
+    sel: F.Selectivity,
+    tokens: list[tuple[int, float, int]],
+    split: AnalysisSplit,
+    top_k: int,
+) -> dict[str, Any]:
+    """One feature: its variance, firing rate and selectivity, the labels of its top texts,
+    its top tokens and its top texts."""
+    top_texts = F.top_texts(tf.per_text, feature, top_k)
+    dist = F.label_distribution([i for i, _ in top_texts], split.labels, len(split.label_names))
+    token_names = split.tokens([t for t, _, _ in tokens])
+    return {
+        "feature": feature,
+        "variance": float(tf.per_text[:, feature].var()),
+        "fire_rate": float(tf.fire_rate[feature]),
+        "selectivity": float(sel.auc[feature]),
+        "best_class": split.label_names[int(sel.best_class[feature])],
+        "dominant_label": split.label_names[dist.dominant],
+        "label_distribution": dict(
+            zip(split.label_names, dist.fractions.round(4).tolist(), strict=True)
+        ),
+        "top_tokens": [
+            {"token": tok, "mean_activation": round(a, 4), "count": c}
+            for tok, (_, a, c) in zip(token_names, tokens, strict=True)
+        ],
+        "top_texts": [
+            {
+                "text_index": i,
+                "activation": round(a, 4),
+                "label": split.label(i),
+                "text": split.texts[i],
+            }
+            for i, a in top_texts
+        ],
+    }
+
+
+def _token_map(
+    text_index: int, top: np.ndarray, codes: _UnitCodes, index: _StoreIndex
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The text's token ids in position order, and the activation per token of the few
+    top-variance features most active on it (a map of features that stay silent on the
+    example would show nothing)."""
+    active = -codes.text_features.per_text[text_index, top]
+    shown = top[np.argsort(active, kind="stable")[:MAPPED_FEATURES]]
+    tm = F.token_map(codes.encode, codes.acts, *index, text_index, shown, d_in=codes.d_in)
+    token_map = {
+        "features": [int(f) for f in tm["features"]],
+        "activations": np.asarray(tm["activations"]).round(4).tolist(),
+    }
+    return tm["token_id"], token_map
+
+
+def _example_entry(
+    examples: list[dict[str, Any]], text_index: int, split: AnalysisSplit, token_ids: np.ndarray
+) -> dict[str, Any]:
+    """The example's entry in ``examples`` (added on first use): its text, label, tokens and,
+    filled in per unit, its token maps."""
+    for entry in examples:
+        if entry["text_index"] == text_index:
+            return entry
+    entry = {
+        "text_index": int(text_index),
+        "label": split.label(text_index),
+        "text": split.texts[text_index],
+        "tokens": split.tokens(token_ids),
+        "maps": {},
+    }
+    examples.append(entry)
+    return entry
+
+
+def _layer_row(
+    layer: int,
+    n_model_layers: int,
+    units: dict[str, Any],
+    dictionaries: dict[str, tuple[np.ndarray, np.ndarray]],
+    kept_threshold: float,
+) -> dict[str, Any]:
+    """One ``FEATURE_LAYER_COLUMNS`` row: how much of the PT dictionary the FT one keeps
+    (alive features only), and the two units' selectivity and alive fractions."""
+    pt, ft = unit_name("pt", layer), unit_name("ft", layer)
+    (decoder_pt, alive_pt), (decoder_ft, alive_ft) = dictionaries[pt], dictionaries[ft]
+    max_cos = F.dictionary_overlap(decoder_ft[alive_ft], decoder_pt[alive_pt])
+    overlap = F.overlap_summary(max_cos, kept_threshold)
+    return {
+        "layer": layer,
+        "depth": layer / n_model_layers,
+        "mmcs": overlap["mmcs"],
+        "kept_frac": overlap["kept_frac"],
+        "selectivity_top_pt": units[pt]["selectivity_top"],
+        "selectivity_top_ft": units[ft]["selectivity_top"],
+        "selective_frac_pt": units[pt]["selective_frac"],
+        "selective_frac_ft": units[ft]["selective_frac"],
+        "alive_pt": units[pt]["alive_frac"],
+        "alive_ft": units[ft]["alive_frac"],
+    }
+
+
+def feature_table(units: dict[str, Any], n_top: int = TABLE_FEATURES_PER_UNIT) -> list[dict]:
+    """The paper's qualitative table, from data: per (layer, PT|FT) the top features by
+    variance with their top tokens, dominant label and selectivity."""
+    rows = []
+    for name, unit in sorted(units.items(), key=lambda kv: (kv[1]["layer"], kv[1]["which"])):
+        for feat in unit["top_features"][:n_top]:
+            rows.append(
+                {
+                    "layer": unit["layer"],
+                    "model": unit["which"].upper(),
+                    "feature": feat["feature"],
+                    "top_tokens": " ".join(t["token"] for t in feat["top_tokens"][:5]),
+                    "dominant_label": feat["dominant_label"],
+                    "selectivity": round(feat["selectivity"], 3),
+                    "unit": name,
+                }
+            )
+    return rows
+
+
+def summary_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Flat ``L<layer>/<column>`` keys for DVC metrics and MLflow."""
+    out: dict[str, float] = {}
+    for row in result["layers"]:
+        for key in FEATURE_LAYER_COLUMNS[2:]:
+            out[f"L{row['layer']}/{key}"] = float(row[key])
+    return out

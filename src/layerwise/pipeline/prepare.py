@@ -33,4 +33,3 @@ def run(args: StageArgs) -> dict:
             run.log_metrics(metrics)
         logger.info("prepared %s: %s", key, {s: len(splits[s]) for s in data.SPLITS})
     return metrics
-

@@ -28,11 +28,13 @@ from layerwise.activations import (
     pad_batch,
     tokenize_texts,
 )
-from layerwise.compare import CI_METHODS, LAYER_COLUMNS, check_pair, run_compare
 from layerwise.config import CompareParams, ConfigError, TaskDef
 from layerwise.models import load_config, load_encoder, load_tokenizer
 from layerwise.paths import Paths
-from layerwise.similarity import LayerSimilarityAccumulator, linear_cka
+from layerwise.pipeline.compare import check_pair, run_compare
+from layerwise.schema import SIMILARITY_CI_METHODS, SIMILARITY_COLUMNS
+from layerwise.similarity.accumulator import LayerSimilarityAccumulator
+from layerwise.similarity.metrics import linear_cka
 
 MAX_LENGTH = 32
 TOKEN_BUDGET = 300  # below the ~700 train tokens, so the budget binds
@@ -297,16 +299,16 @@ def expected_summary_keys(layers: list[int]) -> set[str]:
 
 def test_stage_writes_exact_summary_and_csv(stage: SimpleNamespace) -> None:
     """similarity.json holds exactly the summary keys (plus ci_methods and confidence) and
-    equals what main returned; the CSV has LAYER_COLUMNS and one row per layer 0..L whose
+    equals what main returned; the CSV has SIMILARITY_COLUMNS and one row per layer 0..L whose
     values the summary repeats; every CI contains its estimate; a FINISHED MLflow run exists."""
     written = json.loads(stage.paths.similarity_json("tiny", "kw", 0).read_text())
     assert set(written) == expected_summary_keys([1, 2]) | {"ci_methods", "confidence"}
-    assert written["ci_methods"] == CI_METHODS
+    assert written["ci_methods"] == SIMILARITY_CI_METHODS
     assert written["confidence"] == 0.95
     assert {k: v for k, v in written.items() if k in stage.summary} == pytest.approx(stage.summary)
     assert set(stage.summary) == expected_summary_keys([1, 2])
 
-    assert stage.columns == LAYER_COLUMNS
+    assert stage.columns == list(SIMILARITY_COLUMNS)
     rows = stage.rows
     assert [r["layer"] for r in rows] == [0, 1, 2]
     assert [r["depth"] for r in rows] == [0.0, 0.5, 1.0]

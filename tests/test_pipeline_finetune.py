@@ -20,9 +20,9 @@ from conftest import load_stage, write_keyword_csv
 
 from layerwise import data, io
 from layerwise.config import ConfigError, FinetuneParams, LabelSpec, TaskDef
-from layerwise.finetune import FinetuneResult, classification_metrics, finetune
 from layerwise.models import ModelError, load_classifier, load_tokenizer
 from layerwise.paths import Paths
+from layerwise.pipeline.finetune import FinetuneResult, finetune
 from layerwise.sources import SourceError
 
 LABELS = ["negative", "positive"]
@@ -93,7 +93,7 @@ def logits(model: Any, tokenizer: Any, texts: list[str]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# The library
+# One fine-tune (pipeline.finetune.finetune)
 # --------------------------------------------------------------------------------------------
 
 
@@ -197,18 +197,6 @@ def test_precision_param_reaches_the_trainer(
     }
     assert all(m["ft/accuracy"] >= 0.9 for m in runs.values())
     assert runs["float32"]["train/final_loss"] != runs["bfloat16"]["train/final_loss"]
-
-
-def test_within_one_accuracy_counts_near_misses() -> None:
-    """Within-one accuracy counts predictions off by at most one class (ordinal labels)."""
-    labels, preds = np.array([0, 1, 2, 2, 4]), np.array([2, 1, 1, 0, 3])
-    names = ["1", "2", "3", "4", "5"]
-    m = classification_metrics(labels, preds, names, "ft", ordinal=True)
-    assert m["ft/within_one_accuracy"] == pytest.approx(3 / 5)
-    assert m["ft/accuracy"] == pytest.approx(1 / 5)
-    assert "ft/within_one_accuracy" not in classification_metrics(
-        labels, preds, names, "ft", ordinal=False
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,9 +18,12 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from layerwise.paper.inputs import PaperInputs, RunSet
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +288,44 @@ def evaluate(inp: ClaimInputs, rho_threshold: float) -> list[ClaimResult]:
     for r in results:
         logger.info("%s %s/%s: %s (%s)", r.claim, r.model, r.task, r.verdict, r.evidence)
     return results
+
+
+def claim_inputs(rs: RunSet) -> ClaimInputs:
+    """One (model, task)'s seed means in the shape the rules read."""
+    means = {
+        col: {k: rs.feature_stat(col, k).mean for k in rs.sae_layers}
+        for col in (
+            "selectivity_top_pt",
+            "selectivity_top_ft",
+            "mmcs",
+            "selective_frac_pt",
+            "selective_frac_ft",
+        )
+    }
+    return ClaimInputs(
+        model=rs.model,
+        task=rs.task,
+        layers=rs.layers,
+        cosine=rs.sim_mean("cosine"),
+        cosine_lo=rs.sim_mean("cosine_lo"),
+        cosine_hi=rs.sim_mean("cosine_hi"),
+        cka=rs.sim_mean("cka"),
+        sae_layers=rs.sae_layers,
+        selectivity_top_pt=means["selectivity_top_pt"],
+        selectivity_top_ft=means["selectivity_top_ft"],
+        mmcs=means["mmcs"],
+        selective_frac_pt=means["selective_frac_pt"],
+        selective_frac_ft=means["selective_frac_ft"],
+    )
+
+
+def evaluate_claims(inputs: PaperInputs, rho_threshold: float) -> list[ClaimResult]:
+    """All claims for every (model, task), on seed means."""
+    out: list[ClaimResult] = []
+    for m in inputs.models:
+        for t in inputs.tasks:
+            out += evaluate(claim_inputs(inputs.run(m, t)), rho_threshold)
+    return out
 
 
 def tally(results: Iterable[ClaimResult]) -> dict[str, int]:

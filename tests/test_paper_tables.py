@@ -1,0 +1,31 @@
+"""The table framework: one table written as CSV (raw numbers), Markdown and LaTeX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from layerwise.paper import tables
+from layerwise.paper.inputs import Stat
+
+
+def test_latex_escape() -> None:
+    assert tables.latex_escape("a_b 5% R&D #1 $x {y}") == (r"a\_b 5\% R\&D \#1 \$x \{y\}")
+
+
+def test_multi_seed_cells_get_std_and_ci_columns_in_every_format(tmp_path: Path) -> None:
+    columns = [
+        tables.Column("name", "name", align="l"),
+        tables.Column("acc", "acc (%)", digits=1, scale=100.0, ci=True),
+        tables.Column("note", "note", align="l"),
+    ]
+    row = {"name": "a_b", "acc": Stat.of([0.5, 0.7]), "acc_lo": 0.4, "acc_hi": 0.8, "note": None}
+    table = tables.Table("t", "A caption with 5% and _.", columns, [row])
+    assert table.csv_header() == ["name", "acc", "acc_std", "acc_lo", "acc_hi", "note"]
+    assert table.to_csv().splitlines()[1].startswith("a_b,0.6,0.1414")
+    assert table.to_csv().splitlines()[1].endswith(",0.4,0.8,")
+    assert "| a_b | 60.0 ± 14.1 [40.0, 80.0] | — |" in table.to_markdown()
+    latex = table.to_latex()
+    assert r"a\_b & 60.0 $\pm$ 14.1 [40.0, 80.0] & --- \\" in latex
+    assert r"\caption{A caption with 5\% and \_.}" in latex
+    files = tables.write_tables([table], tmp_path)
+    assert [f.name for f in files] == ["t.csv", "t.md", "t.tex"]

@@ -1,0 +1,196 @@
+"""The paper stage end to end (``stages/paper.py``) on small synthetic results written in
+exactly the formats the earlier stages write (see ``paper_support``).
+
+One variant has 1 model x 1 seed, the other 2 models x 2 seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import load_stage
+from paper_support import (
+    DPI,
+    EXPERIMENT,
+    ONE_MODEL,
+    TASKS,
+    TWO_MODELS,
+    png_size,
+    write_params,
+    write_results,
+)
+
+from layerwise.paper import claims as C
+from layerwise.paper import figures
+from layerwise.paths import Paths
+
+FIGURES = [
+    "layerwise_similarity",
+    "finetune_curves",
+    "probe_accuracy",
+    "sae_quality",
+    "feature_evolution",
+]
+TABLES = ["finetune_accuracy", "layer_similarity", "sae_metrics", "feature_table", "claims"]
+
+paper_stage = load_stage("paper")
+
+
+@pytest.fixture
+def one_model(tmp_path: Path, mlflow_uri: str) -> tuple[Path, Path]:
+    """(root, params) for 1 model x 2 tasks x 1 seed, with one finished compare run in MLflow."""
+    root = tmp_path / "repo"
+    write_results(root, ONE_MODEL, TASKS, [0])
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    exp = client.create_experiment(EXPERIMENT)
+    run = client.create_run(exp, run_name="compare@tiny-sentiment-0")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    (root / "planted_run_id").write_text(run.info.run_id)
+    return root, write_params(root, ONE_MODEL, TASKS, [0])
+
+
+@pytest.fixture
+def two_models(tmp_path: Path, mlflow_uri: str) -> tuple[Path, Path]:
+    """(root, params) for 2 models x 2 tasks x 2 seeds."""
+    root = tmp_path / "repo"
+    write_results(root, TWO_MODELS, TASKS, [0, 1])
+    return root, write_params(root, TWO_MODELS, TASKS, [0, 1])
+
+
+def run_stage(root: Path, params: Path) -> dict[str, float]:
+    return paper_stage.main(["--params", str(params), "--root", str(root)])
+
+
+# --------------------------------------------------------------------------------------------
+# Checks on the written files
+# --------------------------------------------------------------------------------------------
+
+
+def expected_px(size: tuple[float, float]) -> tuple[int, int]:
+    return round(size[0] * DPI), round(size[1] * DPI)
+
+
+def split_cells(line: str) -> list[str]:
+    """Cells of a LaTeX table row: split on ``&`` not escaped as ``\\&``."""
+    return re.split(r"(?<!\\)&", line.removesuffix(r"\\").strip())
+
+
+def check_latex(text: str) -> None:
+    begins = re.findall(r"\\begin\{(\w+)\}", text)
+    ends = re.findall(r"\\end\{(\w+)\}", text)
+    assert sorted(begins) == sorted(ends), (begins, ends)
+    assert r"\toprule" in text and r"\midrule" in text and r"\bottomrule" in text
+    spec = re.search(r"\\begin\{tabular\}\{([^}]*)\}", text).group(1)
+    n_cols = len(re.findall(r"[lrc]|p\{[^}]*\}", spec))
+    body = text.split(r"\toprule", 1)[1].split(r"\bottomrule", 1)[0]
+    rows = [ln for ln in body.splitlines() if ln.strip().endswith(r"\\")]
+    assert len(rows) >= 2
+    for row in rows:
+        assert len(split_cells(row)) == n_cols, row
+    # Special characters are escaped: no bare _ % & # $ outside commands / math.
+    plain = re.sub(r"\$\\pm\$", "", body)
+    for ch in "_%#":
+        assert not re.search(rf"(?<!\\){re.escape(ch)}", plain), ch
+
+
+def check_common_outputs(root: Path, tasks: list[str], models: list[str]) -> None:
+    fig_dir, tab_dir = root / "paper" / "figures", root / "paper" / "tables"
+    names = FIGURES + [figures.token_map_name(m, t) for m in models for t in tasks]
+    for name in names:
+        for suffix in ("png", "pdf"):
+            path = fig_dir / f"{name}.{suffix}"
+            assert path.is_file() and path.stat().st_size > 0, path
+    for name in FIGURES:
+        assert png_size(fig_dir / f"{name}.png") == expected_px(
+            figures.figure_size(name, len(models), len(tasks))
+        ), name
+    for name in TABLES:
+        for suffix in ("csv", "md", "tex"):
+            path = tab_dir / f"{name}.{suffix}"
+            assert path.is_file() and path.stat().st_size > 0, path
+        check_latex((tab_dir / f"{name}.tex").read_text())
+    assert (root / "paper" / "summary.md").stat().st_size > 0
+    assert not list((root / "paper").glob(".tmp-*"))
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+def test_stage_one_model(one_model: tuple[Path, Path], mlflow_uri: str) -> None:
+    """Every figure, table and the summary appear; the planted task's claims hold, the flat
+    task's do not; similarity_across_models is not drawn and summary.md says how to get it."""
+    root, params = one_model
+    metrics = run_stage(root, params)
+    check_common_outputs(root, ["sentiment", "rating"], ["tiny"])
+    fig_dir = root / "paper" / "figures"
+    assert png_size(fig_dir / "layerwise_similarity.png") == (1760, 608)  # 11 x 3.8 in at 160
+    assert not list(fig_dir.glob("similarity_across_models*"))
+    summary = (root / "paper" / "summary.md").read_text()
+    assert "similarity_across_models` (not drawn)" in summary
+    assert "add a model under `models:`" in summary.lower()
+    assert (root / "planted_run_id").read_text() in summary
+    assert "n/a" in summary  # runs that do not exist
+    for rule in C.rules(-0.8).values():
+        assert rule in summary
+
+    on_disk = json.loads((root / "metrics" / "paper.json").read_text())
+    assert on_disk == pytest.approx(metrics, nan_ok=True)
+    for claim in ("C1", "C2", "C3"):
+        assert on_disk[f"claims/tiny/sentiment/{claim}"] == 1.0
+        assert on_disk[f"claims/tiny/rating/{claim}"] == 0.0
+    assert on_disk["claims/tiny/sentiment/rho_cosine"] == pytest.approx(-1.0)
+    assert on_disk["claims/holds"] == 3.0 and on_disk["claims/does_not_hold"] == 3.0
+
+    claims_csv = list(csv.DictReader((root / "paper/tables/claims.csv").open()))
+    assert {(r["task"], r["verdict"]) for r in claims_csv} == {
+        ("sentiment", "holds"),
+        ("rating", "does not hold"),
+    }
+    acc = (root / "paper/tables/finetune_accuracy.md").read_text()
+    assert "IMDB" in acc and "Spotify" in acc and "| 54 | 93 |" in acc
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    (run,) = client.search_runs(
+        [exp.experiment_id], filter_string="attributes.run_name = 'paper@all'"
+    )
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["claims/holds"] == 3.0
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"figures", "tables", "summary.md"} <= artifacts
+
+
+def test_stage_two_models_two_seeds(two_models: tuple[Path, Path]) -> None:
+    """With 2 models the across-models figure is drawn; numbers are mean ± std over seeds."""
+    root, params = two_models
+    run_stage(root, params)
+    check_common_outputs(root, ["sentiment", "rating"], ["tiny", "small"])
+    fig = root / "paper" / "figures" / "similarity_across_models.png"
+    assert png_size(fig) == expected_px(figures.figure_size("similarity_across_models", 2, 2))
+    assert (root / "paper" / "figures" / "similarity_across_models.pdf").stat().st_size > 0
+    summary = (root / "paper" / "summary.md").read_text()
+    assert "not drawn" not in summary
+    assert "mean across seeds" in summary
+    header = next(csv.reader((root / "paper/tables/finetune_accuracy.csv").open()))
+    assert "ft_acc_std" in header
+    assert "±" in (root / "paper/tables/sae_metrics.md").read_text()
+    metrics = json.loads((root / "metrics" / "paper.json").read_text())
+    assert metrics["claims/small/sentiment/C1"] == 1.0
+    assert metrics["claims/n"] == 12.0
+
+
+def test_missing_input_names_its_stage_and_writes_nothing(one_model: tuple[Path, Path]) -> None:
+    root, params = one_model
+    Paths(root).similarity_csv("tiny", "rating", 0).unlink()
+    with pytest.raises(FileNotFoundError, match=r"compare@tiny-rating-0") as info:
+        run_stage(root, params)
+    assert "similarity.csv" in str(info.value)
+    assert not (root / "paper").exists()
+    assert not (root / "metrics" / "paper.json").exists()
