@@ -457,3 +457,36 @@ def test_missing_prepared_data_names_prepare(
     with pytest.raises(FileNotFoundError, match=r"made by the prepare stage.*prepare@kw"):
         stages["finetune"].main(stage_argv(tiny_params, root))
     assert_nothing_written(root, mlflow_uri)
+
+
+def test_one_device_unless_data_parallel_is_asked(monkeypatch) -> None:
+    """Several visible GPUs never change the effective batch silently: one device by default;
+    with data_parallel the per-device batch shrinks so the optimiser batch stays the same."""
+    import torch
+
+    from layerwise.config import ConfigError
+    from layerwise.pipeline.finetune import per_device_batch, training_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert training_devices(False, "cuda") == 1
+    assert training_devices(True, "cpu") == 1
+    assert training_devices(True, "cuda") == 4
+    assert per_device_batch(16, 4) == 4 and per_device_batch(16, 1) == 16
+    with pytest.raises(ConfigError, match="batch_size=16 does not split evenly over 3"):
+        per_device_batch(16, 3)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert training_devices(True, "cuda") == 2
+    with pytest.raises(ConfigError, match="WORLD_SIZE=2"):
+        training_devices(False, "cuda")
+
+
+def test_training_args_on_cpu_keep_the_whole_batch_on_one_device() -> None:
+    import torch
+
+    from layerwise.config import FinetuneParams
+    from layerwise.pipeline.finetune import _training_args
+
+    args = _training_args(FinetuneParams(), 0, torch.device("cpu"), Path("/nonexistent-scratch"))
+    assert args.per_device_train_batch_size == FinetuneParams().batch_size
+    assert args.n_gpu == 0

@@ -236,3 +236,26 @@ def test_auto_precision_is_bf16_only_on_cpus_that_multiply_bf16_natively(
     assert autocast_dtype("auto", "cpu") is expected
     assert autocast_dtype("float32", "cpu") is None
     assert autocast_dtype("bfloat16", "cpu") is torch.bfloat16
+
+
+def test_training_arrays_stay_where_they_are_on_cpu() -> None:
+    """Only a CUDA device makes the stores resident; on CPU the memmaps are read batch by batch."""
+    from layerwise.sae._arrays import read_rows, resident
+
+    data = np.arange(12, dtype=np.float16).reshape(4, 3)
+    assert resident([data], torch.device("cpu"))[0] is data
+    rows = read_rows(torch.from_numpy(data), np.array([0, 2]))
+    assert rows.dtype == torch.float32 and rows.device.type == "cpu"
+    torch.testing.assert_close(rows, torch.tensor(data[[0, 2]], dtype=torch.float32))
+
+
+@pytest.mark.cuda
+def test_store_moves_to_gpu_once_in_its_own_dtype() -> None:
+    """A store that fits goes to GPU memory once, still float16 (read as float32 per batch)."""
+    from layerwise.sae._arrays import resident
+
+    data = np.random.default_rng(0).standard_normal((512, 16)).astype(np.float16)
+    device = torch.device("cuda")
+    moved = resident([data], device)[0]
+    assert isinstance(moved, torch.Tensor) and moved.device.type == "cuda"
+    assert moved.dtype == torch.float16

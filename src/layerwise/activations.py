@@ -63,22 +63,38 @@ def iterate_batches(
         yield idx, pad_batch([token_ids[i] for i in idx], pad_id, device)
 
 
-def mean_pooled_last_layer(
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per row of a right-padded ``[B, T, D]`` batch: the ``mean`` over real tokens,
+    the ``first`` token, or the ``last`` real token (what decoder-only classifiers read)."""
+    import torch
+
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if pooling == "first":
+        return hidden[rows, 0]
+    if pooling == "last":
+        return hidden[rows, attention_mask.sum(1).clamp(min=1) - 1]
+    raise ValueError(f"pooling={pooling!r}; expected mean, first or last")
+
+
+def pooled_last_layer(
     encoder: Any,
     token_ids: list[list[int]],
     batch_size: int,
     pad_id: int,
     device: torch.device | str = "cpu",
+    pooling: str = "mean",
 ) -> np.ndarray:
-    """Mean over non-padding tokens of the last hidden layer, per text ([n_texts, D])."""
+    """The last hidden layer pooled per text (:func:`pool_hidden`), ``[n_texts, D]``."""
     import torch
 
     out = None
     with torch.inference_mode():
         for idx, batch in iterate_batches(token_ids, batch_size, pad_id, device):
             hidden = encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            pooled = pool_hidden(hidden, batch["attention_mask"], pooling)
             if out is None:
                 out = np.zeros((len(token_ids), hidden.shape[-1]), dtype=np.float32)
             out[idx] = pooled.float().cpu().numpy()

@@ -123,3 +123,12 @@ def hidden_state_module(model: Any, layer: int) -> Any:
 def is_decoder(config: Any) -> bool:
     """Whether the family is decoder-only (its classifier pools the last real token)."""
     return layout_of(config).decoder
+
+
+def probe_pooling(pooling: str, config: Any) -> str:
+    """The pooling a ``pooling`` param means for this model: ``auto`` is the last real token
+    for decoder-only models (their classifier reads it; earlier tokens never see later ones)
+    and the token mean for encoders (the paper's mean-pooled sentences)."""
+    if pooling != "auto":
+        return pooling
+    return "last" if is_decoder(config) else "mean"

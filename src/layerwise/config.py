@@ -152,6 +152,7 @@ def _fraction(prefix: str, name: str, value: float, *, open_right: bool = False)
 # Sections
 # --------------------------------------------------------------------------------------------
 
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 SOURCE_SCHEMES = ("package:", "hub:")
 
 
@@ -285,6 +286,12 @@ class FinetuneParams:
     natively (CUDA with bf16, CPUs with AMX or AVX512-BF16), float16 on other CUDA GPUs, else
     float32."""
 
+    data_parallel: bool = False
+    """Train on every visible GPU (``nn.DataParallel``, or one process per GPU under
+    ``torchrun``/``accelerate launch``) with the per-device batch set so the effective batch
+    stays ``batch_size``. Off: one device, whatever the machine has, so results do not depend
+    on how many GPUs are visible."""
+
     def validate(self, prefix: str) -> None:
         for name in ("epochs", "batch_size", "learning_rate", "max_length", "eval_batch_size"):
             _positive(prefix, name, getattr(self, name))
@@ -311,6 +318,11 @@ class CompareParams:
     """Jackknife blocks over texts (CKA CIs)."""
     probe_folds: int = 5
     confidence: float = 0.95
+    pooling: Literal["auto", "mean", "first", "last"] = "auto"
+    """How a text becomes one vector for the probes (and the fine-tune stage's PT-probe
+    baseline): ``mean`` over its tokens, its ``first`` token ([CLS]) or its ``last`` real token;
+    ``auto`` = what the classifier reads for decoder-only models (the last token) and the mean
+    for encoders (the paper's mean-pooled sentences)."""
 
     def validate(self, prefix: str) -> None:
         for name in ("batch_size", "token_budget", "n_boot"):
@@ -434,6 +446,10 @@ class Params:
     """Task key -> where its data comes from; keys are safe names (``SAFE_NAME``)."""
     models: dict[str, ModelDef]
     """Model key (a safe name) -> source and layers; every entry runs."""
+    device: str = "auto"
+    """Where models and SAEs run: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or
+    ``cuda:N``. A param, so DVC knows it: pin ``cpu`` or ``cuda`` to record which device made a
+    ``dvc.lock`` (``auto`` means "this machine's", and numbers differ between devices)."""
     data: DataParams = field(default_factory=DataParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     compare: CompareParams = field(default_factory=CompareParams)
@@ -443,6 +459,8 @@ class Params:
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
     def validate(self, prefix: str) -> None:
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device={self.device!r}; expected auto, cpu, cuda or cuda:N")
         for section, keys in (("task_defs", self.task_defs), ("models", self.models)):
             for key in keys:
                 _check_name(key, section)

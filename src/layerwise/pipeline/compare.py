@@ -25,6 +25,7 @@ from layerwise.activations import (
     tokenize_texts,
     write_store,
 )
+from layerwise.architectures import probe_pooling
 from layerwise.cli import StageArgs, prefixed, stage_run
 from layerwise.config import CompareParams, ConfigError
 from layerwise.data import load_splits
@@ -41,6 +42,7 @@ from layerwise.schema import SIMILARITY_CI_METHODS, SIMILARITY_COLUMNS
 
 if TYPE_CHECKING:
     from layerwise.similarity.accumulator import LayerSimilarityAccumulator
+    from layerwise.similarity.pooling import PositionPool
     from layerwise.tracking import StageRun
 
 logger = logging.getLogger("compare")
@@ -54,6 +56,8 @@ class CompareResult:
     summary: dict[str, Any]
     n_tokens_analysis: int
     n_tokens_train: int
+    probe_pooling: str = "mean"
+    """How each text became one vector for the probes (``compare.pooling`` resolved)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,7 +80,7 @@ def run(args: StageArgs) -> dict:
     from layerwise.models import load_encoder
 
     splits = load_splits(paths.prepared(args.task))
-    device = pick_device()
+    device = pick_device(p.device)
     used = {
         **prefixed("compare", p.compare),
         f"models.{args.model}.layers": model_def.layers,
@@ -85,7 +89,7 @@ def run(args: StageArgs) -> dict:
         "device": str(device),
     }
     with stage_run("compare", args, used) as tracked:
-        seed_everything(args.seed)
+        seed_everything(args.seed, device)
         encoders = PairedEncoders(
             load_encoder(model_def.source).to(device), load_encoder(str(ft_dir)).to(device), device
         )
@@ -120,6 +124,7 @@ def _write_outputs(
         {
             **summary,
             "ci_methods": SIMILARITY_CI_METHODS,
+            "probe_pooling": result.probe_pooling,
             "confidence": args.params.compare.confidence,
         },
     )
@@ -182,10 +187,11 @@ def run_compare(
 ) -> CompareResult:
     """Similarity per layer (with CIs) on the analysis split; activation stores for SAEs."""
     special = sorted(set(tokenizer.all_special_ids))
+    pooling = probe_pooling(params.pooling, encoders.pt.config)
     analysis = splits["analysis"]
     ids = tokenize_texts(tokenizer, list(analysis["text"]), max_length)
     meta = {"max_length": max_length, "special_ids": special}
-    acc, n_analysis = _analysis_pass(
+    acc, picked, n_analysis = _analysis_pass(
         encoders,
         ids,
         layers,
@@ -194,6 +200,7 @@ def run_compare(
         tokenizer.pad_token_id,
         {**meta, "split": "analysis", "labels": list(analysis["label"])},
         progress,
+        pooling,
     )
     train = splits["train"]
     train_ids = tokenize_texts(tokenizer, list(train["text"]), max_length)
@@ -215,11 +222,11 @@ def run_compare(
         progress="train (store)" if progress else None,
     )
     rows = acc.result(n_boot=params.n_boot, seed=seed, confidence=params.confidence)
-    _add_depth_and_probes(rows, acc, np.asarray(analysis["label"]), params, seed)
+    _add_depth_and_probes(rows, picked or acc, np.asarray(analysis["label"]), params, seed)
     summary = summarise(rows, layers)
     summary["n_texts"] = len(ids)
     summary["n_tokens"] = acc.n_tokens
-    return CompareResult(rows, summary, n_analysis, n_train)
+    return CompareResult(rows, summary, n_analysis, n_train, pooling)
 
 
 def _analysis_pass(
@@ -231,12 +238,15 @@ def _analysis_pass(
     pad_id: int,
     meta: dict[str, Any],
     progress: bool,
-) -> tuple[LayerSimilarityAccumulator, int]:
-    """The analysis store and, from the same forward passes, the similarity statistics."""
+    pooling: str = "mean",
+) -> tuple[LayerSimilarityAccumulator, PositionPool | None, int]:
+    """The analysis store and, from the same forward passes, the similarity statistics (and,
+    unless the probes read token means, the token they read)."""
     # torch loads only once the work starts, so parsing and validating stay cheap.
     import torch
 
     from layerwise.similarity.accumulator import LayerSimilarityAccumulator
+    from layerwise.similarity.pooling import PositionPool
 
     batches = length_sorted_batches([len(x) for x in ids], params.batch_size)
     acc = LayerSimilarityAccumulator(
@@ -248,9 +258,15 @@ def _analysis_pass(
         matmul_dtype=torch.float32,
         block_of=_jackknife_blocks(batches, len(ids), params.n_blocks),
     )
+    picked = None
+    if pooling != "mean":
+        dims = (acc.n_layers, len(ids), encoders.pt.config.hidden_size)
+        picked = PositionPool(*dims, position=pooling)
 
     def on_batch(pt: tuple, ft: tuple, batch: dict, idx: np.ndarray) -> None:
         mask = batch["attention_mask"].bool()
+        if picked is not None:
+            picked.update(pt, ft, batch["attention_mask"], idx)
         if params.exclude_special:
             mask &= ~special_token_mask(batch["input_ids"], meta["special_ids"])
         acc.update(pt, ft, mask, idx)
@@ -268,7 +284,7 @@ def _analysis_pass(
         progress="analysis (similarity + store)" if progress else None,
         batches=batches,
     )
-    return acc, n_tokens
+    return acc, picked, n_tokens
 
 
 def _jackknife_blocks(batches: list[np.ndarray], n_texts: int, n_blocks: int) -> np.ndarray:
@@ -286,7 +302,7 @@ def _jackknife_blocks(batches: list[np.ndarray], n_texts: int, n_blocks: int) ->
 
 def _add_depth_and_probes(
     rows: list[dict[str, Any]],
-    acc: LayerSimilarityAccumulator,
+    acc: LayerSimilarityAccumulator | PositionPool,
     labels: np.ndarray,
     params: CompareParams,
     seed: int,
@@ -296,7 +312,7 @@ def _add_depth_and_probes(
 
     for row in rows:
         layer = row["layer"]
-        row["depth"] = layer / (acc.n_layers - 1)
+        row["depth"] = layer / (len(rows) - 1)
         for which in ("pt", "ft"):
             probe = probe_accuracy(
                 acc.pooled(layer, which),

@@ -23,7 +23,7 @@ from layerwise.cli import StageArgs, prefixed, stage_run
 from layerwise.config import FeaturesParams
 from layerwise.data import DataError, load_splits
 from layerwise.errors import MissingInputError
-from layerwise.models import load_config, load_tokenizer, num_layers
+from layerwise.models import load_config, load_tokenizer, num_layers, pick_device
 from layerwise.paths import Paths
 from layerwise.plots import plot_token_maps
 from layerwise.sae.model import load_sae, numpy_encoder
@@ -93,14 +93,23 @@ def run(args: StageArgs) -> dict:
         tokenizer=load_tokenizer(model_def.source),
     )
     n_model_layers = num_layers(load_config(model_def.source))
+    device = pick_device(p.device)
     used = {
         **prefixed("features", p.features),
         f"models.{args.model}.layers": model_def.layers,
         "seed": args.seed,
+        "device": str(device),
     }
     with stage_run("features", args, used) as run:
         result = analyse(
-            store_root, sae_root, model_def.layers, n_model_layers, split, p.features, args.seed
+            store_root,
+            sae_root,
+            model_def.layers,
+            n_model_layers,
+            split,
+            p.features,
+            args.seed,
+            device,
         )
         metrics = summary_metrics(result)
         with io.Staging() as staging:

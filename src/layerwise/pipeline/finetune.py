@@ -10,6 +10,7 @@ baseline the paper lacks, a logistic-regression probe on frozen mean-pooled PT f
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from layerwise import io
-from layerwise.activations import mean_pooled_last_layer, tokenize_texts
+from layerwise.activations import pooled_last_layer, tokenize_texts
+from layerwise.architectures import layout_of, probe_pooling
 from layerwise.classification import classification_metrics, confusion_counts, majority_accuracy
 from layerwise.cli import StageArgs, prefixed, stage_run
 from layerwise.config import ConfigError, FinetuneParams
 from layerwise.data import load_splits
 from layerwise.models import (
     autocast_dtype,
-    check_layers,
     check_max_length,
     load_classifier,
     load_config,
@@ -69,10 +70,11 @@ def run(args: StageArgs) -> dict:
     p, paths = args.params, Paths(args.root)
     model_def, task_def = p.model(args.model), p.task(args.task)
     splits = _checked_inputs(args, paths)
-    device = pick_device()
+    device = pick_device(p.device)
     used = {
         **prefixed("finetune", p.finetune),
         f"models.{args.model}.source": model_def.source,
+        "compare.pooling": p.compare.pooling,
         "seed": args.seed,
         "device": str(device),
     }
@@ -89,6 +91,7 @@ def run(args: StageArgs) -> dict:
                 device=device,
                 on_log=lambda metrics, step: run.log_metrics(metrics, step=step),
                 work_dir=Path(scratch),
+                pooling=p.compare.pooling,
             )
             names = splits["train"].features["label"].names
             stable = _write_outputs(result, names, args, paths, staging, out_dir, run)
@@ -98,13 +101,13 @@ def run(args: StageArgs) -> dict:
 
 def _checked_inputs(args: StageArgs, paths: Paths) -> DatasetDict:
     """The prepared splits, after everything cheap that can be wrong was checked: the model
-    loads, its architecture is supported, its SAE layers exist, ``max_length`` fits it,
+    loads, its architecture is supported, ``max_length`` fits it,
     the train split holds two classes. Fails before any
     training and before the MLflow run opens."""
     p = args.params
     model_def = p.model(args.model)
     config = load_config(model_def.source)
-    check_layers(model_def.layers, config, f"models.{args.model}.layers")
+    layout_of(config)
     check_max_length(
         p.finetune.max_length, config, load_tokenizer(model_def.source), "finetune.max_length"
     )
@@ -168,6 +171,7 @@ def finetune(
     device: Any = None,
     on_log: OnLog | None = None,
     work_dir: Path,
+    pooling: str = "auto",
 ) -> FinetuneResult:
     """Fine-tune ``model_source`` on ``splits['train']``, evaluate on ``splits['val']``, save the
     classifier (safetensors + tokenizer + config with label names) to ``output_dir``.
@@ -175,10 +179,10 @@ def finetune(
     ``work_dir`` is Trainer's scratch folder (no checkpoints are kept: the stage output is the
     saved model).
     """
-    device = device or pick_device()
+    device = pick_device(str(device) if device is not None else None)
     names = list(splits["train"].features["label"].names)
     tokenizer = load_tokenizer(model_source)
-    seed_everything(seed)  # the new classification head is drawn from this seed
+    seed_everything(seed, device)  # the new classification head is drawn from this seed
     model = load_classifier(model_source, names)
     tokenized = _tokenized(splits, tokenizer, params.max_length)
     trainer = _trainer(
@@ -189,9 +193,9 @@ def finetune(
     train_out = trainer.train()
     train_s = time.perf_counter() - start
     labels, ft_preds, eval_s = _predict(trainer, tokenized["val"])
-    probe_preds = _probe_baseline(
-        load_encoder(model_source).to(device), tokenizer, splits, params, device, seed
-    )
+    encoder = load_encoder(model_source).to(device)
+    pooling = probe_pooling(pooling, encoder.config)
+    probe_preds = _probe_baseline(encoder, tokenizer, splits, params, device, seed, pooling)
     probe_labels = np.asarray(splits["val"]["label"])
     metrics: dict[str, Any] = {
         **classification_metrics(labels, ft_preds, names, "ft", ordinal),
@@ -234,10 +238,11 @@ def _training_args(params: FinetuneParams, seed: int, device: Any, work_dir: Pat
     from transformers import TrainingArguments
 
     mixed = autocast_dtype(params.precision, device)
-    return TrainingArguments(
+    n_devices = training_devices(params.data_parallel, device)
+    args = TrainingArguments(
         output_dir=str(work_dir),
         num_train_epochs=params.epochs,
-        per_device_train_batch_size=params.batch_size,
+        per_device_train_batch_size=per_device_batch(params.batch_size, n_devices),
         per_device_eval_batch_size=params.eval_batch_size,
         learning_rate=params.learning_rate,
         warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
@@ -259,6 +264,35 @@ def _training_args(params: FinetuneParams, seed: int, device: Any, work_dir: Pat
         dataloader_pin_memory=device.type == "cuda",
         disable_tqdm=False,
     )
+    if device.type == "cuda" and not params.data_parallel:
+        args._n_gpu = 1  # as Trainer does for model parallelism: no silent nn.DataParallel
+    return args
+
+
+def training_devices(data_parallel: bool, device: Any) -> int:
+    """How many devices one optimiser step spans: 1 unless ``data_parallel`` on CUDA, then the
+    processes of a ``torchrun`` launch (``WORLD_SIZE``) or else every visible GPU."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not data_parallel:
+        raise ConfigError(
+            f"launched on WORLD_SIZE={world} processes but finetune.data_parallel=false; "
+            "set it to true (dvc exp run -S finetune.data_parallel=true) or run one process"
+        )
+    if not data_parallel or torch.device(device).type != "cuda":
+        return 1
+    return world if world > 1 else max(1, torch.cuda.device_count())
+
+
+def per_device_batch(batch_size: int, n_devices: int) -> int:
+    """The per-device batch that keeps the effective (optimiser) batch at ``batch_size``."""
+    if batch_size % n_devices:
+        raise ConfigError(
+            f"finetune.batch_size={batch_size} does not split evenly over {n_devices} devices; "
+            f"use a multiple of {n_devices} or finetune.data_parallel=false"
+        )
+    return batch_size // n_devices
 
 
 def _trainer(
@@ -303,8 +337,9 @@ def _probe_baseline(
     params: FinetuneParams,
     device: Any,
     seed: int,
+    pooling: str,
 ) -> np.ndarray:
-    """Logistic regression on frozen mean-pooled last-layer PT features: fit train, predict val.
+    """Logistic regression on frozen pooled last-layer PT features: fit train, predict val.
 
     The fair "pre-trained" baseline: what a linear read-out of the PT model can do without
     changing it, against which fine-tuning's gain is measured."""
@@ -315,8 +350,8 @@ def _probe_baseline(
     feats = {}
     for split in ("train", "val"):
         ids = tokenize_texts(tokenizer, list(splits[split]["text"]), params.max_length)
-        feats[split] = mean_pooled_last_layer(
-            encoder, ids, params.eval_batch_size, tokenizer.pad_token_id, device
+        feats[split] = pooled_last_layer(
+            encoder, ids, params.eval_batch_size, tokenizer.pad_token_id, device, pooling
         )
     probe = make_pipeline(
         StandardScaler(), LogisticRegression(max_iter=params.probe_max_iter, random_state=seed)

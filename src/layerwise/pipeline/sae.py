@@ -346,7 +346,7 @@ def run(args: StageArgs) -> dict:
     store_root = io.require(paths.activations(*args.key), f"compare@{args.item}")
     ft_dir = io.require(paths.finetuned(*args.key), f"finetune@{args.item}")
     check_inputs(args, store_root, ft_dir)
-    device = pick_device()
+    device = pick_device(p.device)
     used = {
         **prefixed("sae", p.sae),
         f"models.{args.model}.layers": layers,
@@ -354,7 +354,7 @@ def run(args: StageArgs) -> dict:
         "device": str(device),
     }
     with stage_run("sae", args, used) as run:
-        seed_everything(args.seed)
+        seed_everything(args.seed, device)
         meta = {"model": args.model, "task": args.task, "seed": args.seed}
         result = train_and_evaluate(
             store_root, layers, p.sae, args.seed, device, on_log=curve_logger(run), meta=meta

@@ -33,9 +33,10 @@ def rows_numpy(acts: ArrayLike, start: int, stop: int) -> np.ndarray:
 
 
 def read_rows(acts: ArrayLike, idx_B: np.ndarray) -> torch.Tensor:
-    """Rows ``idx_B`` (sorted: sequential-ish memmap reads) as a float32 CPU tensor ``[B, D]``."""
+    """Rows ``idx_B`` (sorted: sequential-ish memmap reads) as a float32 tensor ``[B, D]``, on
+    the array's own device (CPU for numpy and memmaps; the GPU for a device-resident store)."""
     if isinstance(acts, torch.Tensor):
-        return acts[torch.from_numpy(idx_B).to(acts.device)].detach().to("cpu", torch.float32)
+        return acts[torch.from_numpy(idx_B).to(acts.device)].detach().to(torch.float32)
     return torch.from_numpy(np.ascontiguousarray(acts[idx_B], dtype=np.float32))
 
 
@@ -58,3 +59,31 @@ def raise_nonfinite(chunk: np.ndarray, offset: int, name: str) -> None:
         f"{name} has non-finite values: first bad row is {offset + row} "
         f"(contains {' and '.join(kinds)})"
     )
+
+
+def resident(
+    datasets: list[ArrayLike], device: torch.device, share: float = 0.5
+) -> list[ArrayLike]:
+    """On CUDA, the training arrays copied once into GPU memory (in their stored dtype) when
+    together they take at most ``share`` of the free memory; else (and on CPU) as given.
+
+    Why: read batch by batch from a memmap, each step gathers rows in pageable host memory and
+    copies them over, which keeps a GPU waiting on the CPU; resident, a step is an index on the
+    device. The values are the same either way (float16 stays float16 until the batch is read).
+    """
+    if device.type != "cuda":
+        return datasets
+    need = sum(_nbytes(ds) for ds in datasets)
+    free, _total = torch.cuda.mem_get_info(device)
+    if need > share * free:
+        return datasets
+    return [
+        torch.as_tensor(ds if isinstance(ds, torch.Tensor) else np.asarray(ds)).to(device)
+        for ds in datasets
+    ]
+
+
+def _nbytes(acts: ArrayLike) -> int:
+    n, d = shape2d(acts, "dataset")
+    item = acts.element_size() if isinstance(acts, torch.Tensor) else np.dtype(acts.dtype).itemsize
+    return n * d * item

@@ -33,6 +33,7 @@ from layerwise.sae._arrays import (
     iter_chunks,
     raise_nonfinite,
     read_rows,
+    resident,
     shape2d,
 )
 from layerwise.sae.model import (
@@ -427,7 +428,8 @@ class SAETrainer:
         if config.batch_size > self.n:
             logger.warning("batch_size=%d > N=%d: a batch repeats rows", config.batch_size, self.n)
         self.device = torch.device(config.device)
-        self.datasets, self.slot_of = _distinct(datasets)
+        distinct, self.slot_of = _distinct(datasets)
+        self.datasets = resident(distinct, self.device)
         means = [
             _column_mean(ds, f"datasets[{self.slot_of.index(j)}]")
             for j, ds in enumerate(self.datasets)
