@@ -8,15 +8,17 @@ dead <= 10%).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import timed
 
 from layerwise.activations import ActivationStore
-from layerwise.sae import SAEConfig, estimate_scale_factor, evaluate_sae, train_saes
+from layerwise.sae.evaluate import evaluate_sae
+from layerwise.sae.model import SAEConfig
+from layerwise.sae.train import SAETrainer, TrainConfig, estimate_scale_factor
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--store", default="data/activations/minilm-l6/sentiment/s0")
     ap.add_argument("--layer", type=int, default=4)
@@ -31,31 +33,27 @@ def main() -> None:
         "--decay", type=float, default=0.2, help="final fraction of steps with linear lr decay"
     )
     ap.add_argument("--fp32", action="store_true", help="train in float32 (default: bf16 autocast)")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def sweep_configs(args: argparse.Namespace, d_in: int, scale: float) -> list[SAEConfig]:
+    """One SAE per L1 coefficient and per k, all of the same width and scale."""
+    d_sae = int(args.expansion * d_in)
+    l1 = [float(c) for c in args.l1.split(",")] if args.l1 else []
+    ks = [int(k) for k in args.k.split(",")] if args.k else []
+    return [
+        SAEConfig(d_in=d_in, d_sae=d_sae, sparsity="l1", l1_coefficient=c, scale_factor=scale)
+        for c in l1
+    ] + [SAEConfig(d_in=d_in, d_sae=d_sae, sparsity="topk", k=k, scale_factor=scale) for k in ks]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     name = f"{args.which}_L{args.layer}"
     train = ActivationStore.open(args.store, "train").acts(name)
     evals = ActivationStore.open(args.store, "analysis").acts(name)
-    d_in = train.shape[1]
-    scale = estimate_scale_factor(train)
-    cfgs = [
-        SAEConfig(
-            d_in=d_in,
-            d_sae=int(args.expansion * d_in),
-            sparsity="l1",
-            l1_coefficient=c,
-            scale_factor=scale,
-        )
-        for c in map(float, args.l1.split(",") if args.l1 else [])
-    ] + [
-        SAEConfig(
-            d_in=d_in, d_sae=int(args.expansion * d_in), sparsity="topk", k=k, scale_factor=scale
-        )
-        for k in map(int, args.k.split(",") if args.k else [])
-    ]
-    start = time.perf_counter()
-    saes, _ = train_saes(
-        cfgs,
-        [train] * len(cfgs),
+    cfgs = sweep_configs(args, train.shape[1], estimate_scale_factor(train))
+    config = TrainConfig(
         lr=args.lr,
         batch_size=args.batch_size,
         max_tokens=args.tokens,
@@ -64,7 +62,7 @@ def main() -> None:
         lr_decay_ratio=args.decay,
         autocast_dtype=None if args.fp32 else torch.bfloat16,
     )
-    wall = time.perf_counter() - start
+    wall, (saes, _) = timed(lambda: SAETrainer(cfgs, [train] * len(cfgs), config).fit())
     print(
         f"store {args.store} {name}: {train.shape[0]} train tokens, {evals.shape[0]} eval; "
         f"{args.tokens} tokens/SAE, batch {args.batch_size}, lr {args.lr}; {wall:.0f} s for "

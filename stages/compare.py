@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from layerwise.cli import begin_stage, run_script
 from layerwise.pipeline.compare import run
+from layerwise.schema import CONTROLS
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(begin_stage(__doc__, argv, task=True, model=True, seed=True))
+    return run(begin_stage(__doc__, argv, task=True, model=True, seed=True, controls=CONTROLS))
 
 
 if __name__ == "__main__":

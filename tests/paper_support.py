@@ -1,14 +1,18 @@
 """Synthetic results in exactly the formats the earlier stages write, for the paper tests.
 
-Two synthetic tasks: ``sentiment`` has a planted monotone fall of cosine with depth, separated
-CIs and features that specialise late (every claim should hold); ``rating`` is flat (no claim
-should hold). :data:`ONE_MODEL` and :data:`TWO_MODELS` are the model sets the tests use.
+Two synthetic tasks: ``sentiment`` has a planted transition in the middle (PT-FT cosine inside
+the FT-FT seed band early, far below it and below the shuffled-label control late; resetting
+the top blocks costs most of the gain, the bottom ones little; features that specialise late:
+with two or more seeds every claim should hold); ``rating`` is flat (the fine-tune moved every
+layer alike and no reset loses half the gain: no claim should hold). :data:`ONE_MODEL` and
+:data:`TWO_MODELS` are the model sets the tests use.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,13 @@ from conftest import REPO_PARAMS
 
 from layerwise.config import load_params
 from layerwise.paths import Paths
-from layerwise.schema import FEATURE_LAYER_COLUMNS, FINETUNE_CURVE_COLUMNS, SIMILARITY_COLUMNS
+from layerwise.schema import (
+    FEATURE_LAYER_COLUMNS,
+    FINETUNE_CURVE_COLUMNS,
+    RESET_COLUMNS,
+    SEED_FLOOR_COLUMNS,
+    SIMILARITY_COLUMNS,
+)
 
 EXPERIMENT = "layerwise-paper-test"
 DPI = 160
@@ -41,14 +51,26 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
         writer.writerows(rows)
 
 
-def similarity_rows(n_layers: int, shape: str, seed: int) -> list[dict[str, Any]]:
-    """``planted``: cosine falls steadily with depth, tight CIs; ``flat``: constant, wide CIs."""
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def planted_cosine(d: float) -> float:
+    """PT-FT cosine of the planted task: flat early, a steep fall around depth 0.5, low late."""
+    return 0.999 - 0.5 * sigmoid(12 * (d - 0.5))
+
+
+def similarity_rows(n_layers: int, shape: str, seed: int | str) -> list[dict[str, Any]]:
+    """``planted``: the planted fall, tight CIs; ``flat``: constant, wide CIs; ``shuffled``: the
+    shuffled-label control of the planted task (a mild fall, far above its late layers)."""
     rows = []
     for layer in range(n_layers + 1):
         d = layer / n_layers
-        jitter = 0.002 * seed
+        jitter = 0.002 * seed if isinstance(seed, int) else 0.0
         if shape == "planted":
-            cos, half, cka = 0.999 - 0.5 * d**1.5 - jitter, 0.004, 0.999 - 0.8 * d**2
+            cos, half, cka = planted_cosine(d) - jitter, 0.004, 0.999 - 0.8 * d**2
+        elif shape == "shuffled":
+            cos, half, cka = 0.999 - 0.15 * d, 0.004, 0.999 - 0.2 * d
         else:
             cos, half, cka = 0.9, 0.02, 0.9
         pt, ft = 0.6 + 0.05 * d, 0.6 + (0.3 * d if shape == "planted" else 0.05 * d)
@@ -68,6 +90,9 @@ def similarity_rows(n_layers: int, shape: str, seed: int) -> list[dict[str, Any]
                 "probe_ft": ft,
                 "probe_ft_lo": ft - 0.03,
                 "probe_ft_hi": ft + 0.03,
+                "probe_diff": ft - pt,
+                "probe_diff_lo": ft - pt - 0.02,
+                "probe_diff_hi": ft - pt + 0.02,
                 "n_tokens": 500,
             }
         )
@@ -164,6 +189,86 @@ def features_result(
     return {"units": units, "layers": layer_rows, "examples": examples, "table": table}
 
 
+def seed_floor_rows(n_layers: int, shape: str, n_seeds: int) -> list[dict[str, Any]]:
+    """FT-FT similarity over seed pairs: slowly falling for ``planted``, above the flat task's
+    PT-FT curve for ``flat``; NaN with one seed (no pair), as the seed_floor stage writes."""
+    rows = []
+    for layer in range(n_layers + 1):
+        d = layer / n_layers
+        mean = 0.999 - 0.08 * d if shape == "planted" else 0.95
+        lo, hi = mean - 0.04, min(mean + 0.01, 1.0)
+        if n_seeds < 2:
+            mean = lo = hi = math.nan
+        rows.append(
+            {
+                "layer": layer,
+                "depth": d,
+                **{
+                    f"{m}_{k}": v
+                    for m in ("cosine", "cka")
+                    for k, v in zip(("mean", "min", "max"), (mean, lo, hi), strict=True)
+                },
+                "n_pairs": n_seeds * (n_seeds - 1) // 2,
+            }
+        )
+    return rows
+
+
+def lost_gain(direction: str, k: int, n_layers: int, shape: str, seed: int) -> float:
+    """Share of the gain lost with k blocks reset: the planted task lives in the top blocks
+    (top-down resets cost fast, bottom-up ones late); the flat one never loses half."""
+    x = k / n_layers
+    if shape == "flat":
+        return 0.3 * x
+    if direction == "top_down":
+        return sigmoid(12 * (x - 0.2)) + 0.01 * seed
+    return sigmoid(12 * (x - 0.5)) + 0.01 * seed
+
+
+def write_reset(paths: Paths, m: str, t: str, s: int, n_layers: int, n_labels: int) -> None:
+    """reset.csv and reset.json for one seed, in the reset stage's formats."""
+    ft, majority = 0.85 + 0.01 * s, 1 / n_labels
+    rows, summary = [], {"ft/accuracy": ft, "data/majority_accuracy": majority}
+    for direction in ("bottom_up", "top_down"):
+        mid = None
+        for k in range(n_layers + 1):
+            lost = 0.0 if k == 0 else lost_gain(direction, k, n_layers, SHAPES[t], s)
+            acc = ft - lost * (ft - majority)
+            first = 1 if direction == "bottom_up" else n_layers - k + 1
+            blocks = f"{first}-{first + k - 1}" if k else ""
+            values = (direction, k, blocks, acc, acc - 0.03, acc + 0.03, lost)
+            rows.append(dict(zip(RESET_COLUMNS, values, strict=True)))
+            summary[f"{direction}/accuracy_k{k}"] = acc
+            if mid is None and lost >= 0.5:
+                mid = k
+        summary[f"{direction}/midpoint"] = math.nan if mid is None else mid
+        summary[f"{direction}/midpoint_depth"] = math.nan if mid is None else mid / n_layers
+    _write_csv(paths.reset_csv(m, t, s), list(RESET_COLUMNS), rows)
+    _write_json(paths.reset_json(m, t, s), summary)
+
+
+def write_controls(paths: Paths, m: str, t: str, n_layers: int, n_seeds: int) -> None:
+    """The shuffled-label control (at chance) and the seed floor of one (model, task)."""
+    shape = SHAPES[t]
+    shuffled = similarity_rows(n_layers, "shuffled" if shape == "planted" else shape, "shuffled")
+    _write_csv(paths.similarity_csv(m, t, "shuffled"), list(SIMILARITY_COLUMNS), shuffled)
+    n_labels = len(LABELS[t])
+    ft = {
+        "ft/accuracy": 1 / n_labels + 0.01,
+        "ft/macro_f1": 0.3,
+        "pt_head/accuracy": 0.5,
+        "pt_head/macro_f1": 0.4,
+        "pt_probe/accuracy": 0.7,
+        "pt_probe/macro_f1": 0.69,
+        "data/majority_accuracy": 1 / n_labels,
+        "control/label_agreement": 1 / n_labels,
+    }
+    _write_json(paths.finetune_metrics(m, t, "shuffled"), ft)
+    rows = seed_floor_rows(n_layers, shape, n_seeds)
+    _write_csv(paths.seed_floor_csv(m, t), list(SEED_FLOOR_COLUMNS), rows)
+    _write_json(paths.seed_floor_json(m, t), {"n_pairs": rows[0]["n_pairs"]})
+
+
 def write_results(
     root: Path, models: dict[str, tuple[int, list[int]]], tasks: list[str], seeds: list[int]
 ) -> None:
@@ -183,7 +288,9 @@ def write_results(
     for m, (n_layers, sae_layers) in models.items():
         for t in tasks:
             labels, shape = LABELS[t], SHAPES[t]
+            write_controls(paths, m, t, n_layers, len(seeds))
             for s in seeds:
+                write_reset(paths, m, t, s, n_layers, len(labels))
                 ft: dict[str, Any] = {
                     "ft/accuracy": 0.85 + 0.01 * s,
                     "ft/macro_f1": 0.84,

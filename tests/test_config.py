@@ -160,6 +160,8 @@ BAD_VALUES = [
     ("literal-choice", ("sae", "sparsity"), "l2", ["sae.sparsity", "'l2'", "'topk'"]),
     ("unknown-stats-model", ("data", "stats_model"), "nope", ["data.stats_model", "'nope'"]),
     ("confidence-one", ("compare", "confidence"), 1.0, ["compare.confidence", "1.0"]),
+    ("probe-c-zero", ("compare", "probe_c_grid"), [0.0, 1.0], ["compare.probe_c_grid", "> 0"]),
+    ("probe-inner-one", ("compare", "probe_inner_folds"), 1, ["compare.probe_inner_folds", "=1"]),
 ]
 
 

@@ -2,8 +2,9 @@
 random model saved with ``save_pretrained`` (no network), and each stage writes its metrics.
 
 This is what a researcher pointing ``models.<key>.source`` at their own checkpoint relies on:
-hidden states, padding, the classifier's pooling, special tokens and every hook (spliced
-accuracy) must work for encoders and decoder-only models alike.
+hidden states, padding, the classifier's pooling, special tokens and every intervention (spliced
+accuracy, layer reset) must work for encoders and decoder-only models alike; the controls
+(shuffled labels, layer reset, seed floor) run too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from conftest import FILLER_WORDS, KEYWORDS, write_keyword_csv
 from reliability.reliability_support import (
     MODEL,
     TASK,
+    run_controls,
     run_pipeline,
     run_stage,
     stage_module,
@@ -68,6 +70,7 @@ def test_pipeline_runs_end_to_end(
     monkeypatch.chdir(tmp_path)
     with torch_threads(1):
         _, metrics = run_pipeline(params, root)
+        controls = run_controls(params, root)
         paper = stage_module("paper").main(["--params", str(params), "--root", str(root)])
     paths, key = Paths(root), (MODEL, TASK, 0)
 
@@ -83,6 +86,11 @@ def test_pipeline_runs_end_to_end(
         assert {f"{unit}/{k}" for k in SAE_METRIC_KEYS} <= set(sae)
     assert 0.0 <= sae["ft_L2/ft_accuracy_spliced"] <= 1.0
     assert _read(paths.features_metrics(*key)) == metrics["features"]
+    for name, path in (
+        ("reset", paths.reset_json(*key)),
+        ("finetune_shuffled", paths.finetune_metrics(MODEL, TASK, "shuffled")),
+    ):  # NaN-aware: an untrained tiny model may lose no gain to reset
+        assert json.dumps(_read(path), sort_keys=True) == json.dumps(controls[name], sort_keys=True)
     assert paper and (root / "paper" / "summary.md").is_file()
     if family in DECODERS:  # what the classifier reads: the last real token
         assert sim["probe_pooling"] == "last"

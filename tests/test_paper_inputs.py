@@ -19,10 +19,14 @@ def synthetic(root: Path, models: dict[str, tuple[int, list[int]]], seeds: list[
     return load_params(write_params(root, models, TASKS, seeds))
 
 
-def test_stat_formatting() -> None:
+def test_stat_formatting_and_seed_interval() -> None:
     assert Stat.of([0.5]).text() == "0.500"
     assert Stat.of([0.5, 0.7]).text(2) == "0.60 ± 0.14"
     assert Stat.of([]).text() == "n/a"
+    one, three = Stat.of([0.5]), Stat.of([0.5, 0.6, 0.7])
+    assert one.ci_text() == "0.500" and not one.excludes_zero_above
+    assert three.lo == pytest.approx(0.6 - 4.3027 * 0.1 / 3**0.5, abs=1e-4)
+    assert three.ci_text(2) == "0.60 [0.35, 0.85]" and three.excludes_zero_above
 
 
 def test_load_inputs_holds_every_seed_of_every_run(tmp_path: Path) -> None:
@@ -37,6 +41,12 @@ def test_load_inputs_holds_every_seed_of_every_run(tmp_path: Path) -> None:
     assert rs.feature_stat("mmcs", 4).mean == pytest.approx(0.8)  # flat: unchanged dictionary
     assert inputs.run("small", "sentiment").feature_stat("mmcs", 4).mean == pytest.approx(0.4)
     assert inputs.majority_analysis("sentiment") == pytest.approx(0.5)
+    # The controls: seed floor, shuffled-label run and per-seed reset curves.
+    assert rs.seed_floor["cosine_mean"].shape == (5,) and rs.seed_floor["n_pairs"][0] == 1
+    assert rs.shuffled_finetune["ft/accuracy"] == pytest.approx(0.21)
+    assert rs.shuffled_similarity["cosine"].shape == (5,)
+    assert rs.reset_values("top_down", "lost_gain").shape == (2, 5)
+    assert rs.reset_stat("ft/accuracy").n == 2
 
 
 def test_missing_inputs_are_listed_with_the_stage_that_makes_them(tmp_path: Path) -> None:
@@ -48,6 +58,35 @@ def test_missing_inputs_are_listed_with_the_stage_that_makes_them(tmp_path: Path
         check_inputs(params, paths, max_listed=1)
     assert "dvc repro features@tiny-sentiment-0" in str(info.value)
     assert "... and 1 more" in str(info.value)
+
+
+def test_missing_controls_name_their_stages(tmp_path: Path) -> None:
+    params = synthetic(tmp_path, ONE_MODEL, [0])
+    paths = Paths(tmp_path)
+    paths.reset_csv("tiny", "sentiment", 0).unlink()
+    paths.seed_floor_csv("tiny", "rating").unlink()
+    paths.similarity_csv("tiny", "rating", "shuffled").unlink()
+    paths.finetune_metrics("tiny", "sentiment", "shuffled").unlink()
+    with pytest.raises(FileNotFoundError, match=r"4 input file\(s\) missing") as info:
+        check_inputs(params, paths)
+    for stage in (
+        "reset@tiny-sentiment-0",
+        "seed_floor@tiny-rating",
+        "compare_shuffled@tiny-rating",
+        "finetune_shuffled@tiny-sentiment",
+    ):
+        assert f"dvc repro {stage}" in str(info.value)
+
+
+def test_stale_reset_csv_names_the_stage(tmp_path: Path) -> None:
+    params = synthetic(tmp_path, ONE_MODEL, [0])
+    path = Paths(tmp_path).reset_csv("tiny", "rating", 0)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(ln for ln in lines if not ln.startswith("top_down,3,")) + "\n")
+    with pytest.raises(
+        ValueError, match=r"top_down rows must run k = 0..L; rerun reset@tiny-rating-0"
+    ):
+        load_inputs(params, Paths(tmp_path))
 
 
 def test_stale_format_names_the_file_and_the_stage_to_rerun(tmp_path: Path) -> None:

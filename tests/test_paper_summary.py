@@ -28,8 +28,8 @@ def test_summary_sections_provenance_and_verdicts(tmp_path: Path) -> None:
     write_results(tmp_path, ONE_MODEL, TASKS, [0])
     params = load_params(write_params(tmp_path, ONE_MODEL, TASKS, [0]))
     inputs = load_inputs(params, Paths(tmp_path))
-    results = evaluate_claims(inputs, params.paper.rho_threshold)
-    built = build_tables(inputs, results, params.paper.rho_threshold)
+    results = evaluate_claims(inputs)
+    built = build_tables(inputs, results)
     text = summary_markdown(
         inputs,
         results,
@@ -47,7 +47,12 @@ def test_summary_sections_provenance_and_verdicts(tmp_path: Path) -> None:
     assert text.endswith("|\n") and "\n\n\n" not in text
     assert "- git commit: `deadbeef`" in lines
     assert "this paper run" not in text
-    assert "Of 6 verdicts: 3 hold, 0 partly, 3 do not hold." in lines
+    # One seed: no seed interval and no seed floor, so C1 and C2 cannot hold; C3 still does.
+    assert "Of 6 verdicts: 1 hold, 1 partly, 4 do not hold." in lines
+    assert "What the data do not support:" in lines
+    assert any(ln.startswith("- C1 on `tiny`/`sentiment` (does not hold)") for ln in lines)
+    assert "not yet calibrated against chance or seeds" in text
+    assert "reset_small` = 0.25" in text
     assert "- `layerwise_similarity`: a caption" in lines
     assert "- `similarity_across_models` (not drawn): needs two models" in lines
     assert sum(f"- `{t.name}`: " in text for t in built) == len(built)

@@ -29,3 +29,22 @@ def test_multi_seed_cells_get_std_and_ci_columns_in_every_format(tmp_path: Path)
     assert r"\caption{A caption with 5\% and \_.}" in latex
     files = tables.write_tables([table], tmp_path)
     assert [f.name for f in files] == ["t.csv", "t.md", "t.tex"]
+
+
+def test_seed_interval_columns(tmp_path: Path) -> None:
+    """A ``seed_ci`` column shows the t interval over seeds, the text CI after it."""
+    columns = [tables.Column("cos", "cos", digits=2, ci=True, seed_ci=True)]
+    row = {"cos": Stat.of([0.5, 0.6, 0.7]), "cos_lo": 0.55, "cos_hi": 0.65}
+    table = tables.Table("t", "c", columns, [row])
+    assert table.csv_header() == [
+        "cos",
+        "cos_std",
+        "cos_seed_lo",
+        "cos_seed_hi",
+        "cos_lo",
+        "cos_hi",
+    ]
+    assert "| 0.60 [0.35, 0.85]; text [0.55, 0.65] |" in table.to_markdown()
+    one = tables.Table("t", "c", columns, [{"cos": Stat.of([0.5]), "cos_lo": 0.4, "cos_hi": 0.6}])
+    assert "| 0.50; text [0.40, 0.60] |" in one.to_markdown()
+    assert one.to_csv().splitlines()[1] == "0.5,,,0.4,0.6"

@@ -84,8 +84,8 @@ def hidden_states(model: Any, ids: list[int]) -> tuple[torch.Tensor, ...]:
 
 
 def test_model_compared_with_itself(tiny: SimpleNamespace, splits: Any, tmp_path: Path) -> None:
-    """PT = FT gives cosine 1 and CKA 1 at every layer (0..L), equal probes, and identical PT
-    and FT stores."""
+    """PT = FT gives cosine 1 and CKA 1 at every layer (0..L), equal probes (a paired
+    difference of exactly 0, CI [0, 0]), and identical PT and FT stores."""
     encoders = PairedEncoders(pt=tiny.pt, ft=tiny.pt, device=torch.device("cpu"))
     result = run_compare(
         encoders, tiny.tokenizer, splits, [0, 1, 2], SMALL, MAX_LENGTH, 0, tmp_path, False
@@ -95,6 +95,7 @@ def test_model_compared_with_itself(tiny: SimpleNamespace, splits: Any, tmp_path
         assert row["cosine"] == pytest.approx(1.0, abs=1e-5)
         assert row["cka"] == pytest.approx(1.0, abs=1e-5)
         assert row["probe_pt"] == row["probe_ft"]
+        assert (row["probe_diff"], row["probe_diff_lo"], row["probe_diff_hi"]) == (0.0, 0.0, 0.0)
     store = ActivationStore.open(tmp_path, "analysis")
     for layer in (0, 1, 2):
         np.testing.assert_array_equal(store.acts(f"pt_L{layer}"), store.acts(f"ft_L{layer}"))
@@ -298,11 +299,14 @@ def expected_summary_keys(layers: list[int]) -> set[str]:
 
 
 def test_stage_writes_exact_summary_and_csv(stage: SimpleNamespace) -> None:
-    """similarity.json holds exactly the summary keys (plus ci_methods and confidence) and
-    equals what main returned; the CSV has SIMILARITY_COLUMNS and one row per layer 0..L whose
-    values the summary repeats; every CI contains its estimate; a FINISHED MLflow run exists."""
+    """similarity.json holds exactly the summary keys (plus ci_methods, confidence and the
+    probes' pooling, mean for the tiny BERT) and equals what main returned; the CSV has
+    SIMILARITY_COLUMNS and one row per layer 0..L whose values the summary repeats; every CI
+    (the paired probe difference's too) contains its estimate; a FINISHED MLflow run exists."""
     written = json.loads(stage.paths.similarity_json("tiny", "kw", 0).read_text())
-    assert set(written) == expected_summary_keys([1, 2]) | {"ci_methods", "confidence"}
+    extra = {"ci_methods", "confidence", "probe_pooling"}
+    assert set(written) == expected_summary_keys([1, 2]) | extra
+    assert written["probe_pooling"] == "mean"
     assert written["ci_methods"] == SIMILARITY_CI_METHODS
     assert written["confidence"] == 0.95
     assert {k: v for k, v in written.items() if k in stage.summary} == pytest.approx(stage.summary)
@@ -322,10 +326,11 @@ def test_stage_writes_exact_summary_and_csv(stage: SimpleNamespace) -> None:
     assert written["probe_ft/last"] == pytest.approx(rows[2]["probe_ft"])
     assert written["cosine/min"] == pytest.approx(min(r["cosine"] for r in rows))
     for row in rows:
-        for metric in ("cosine", "cka", "probe_pt", "probe_ft"):
+        for metric in ("cosine", "cka", "probe_pt", "probe_ft", "probe_diff"):
             lo, est, hi = row[f"{metric}_lo"], row[metric], row[f"{metric}_hi"]
             assert lo <= est <= hi, (row["layer"], metric, lo, est, hi)
         assert 0 <= row["cka"] <= 1
+        assert row["probe_diff"] == pytest.approx(row["probe_ft"] - row["probe_pt"])
     assert sorted(stage.root.rglob(f"{io.TMP_PREFIX}*")) == []
 
     client = mlflow.MlflowClient(stage.uri)

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def stages() -> dict[str, ModuleType]:
     """The stage scripts this file drives, imported once."""
-    return {name: load_stage(name) for name in ("prepare", "finetune")}
+    return {name: load_stage(name) for name in ("prepare", "finetune", "compare")}
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,21 @@ def test_same_seed_same_metrics(
     )
 
 
+def test_shuffled_labels_train_to_chance_with_true_baselines(
+    trained: tuple[FinetuneResult, Path], tiny_bert_dir: Path, splits: Any, tmp_path: Path
+) -> None:
+    """Training on permuted train labels leaves val accuracy far below the real fine-tune's
+    (the keyword no longer predicts the label), while both baselines and the val labels stay
+    those of the real run: identical PT-head and PT-probe metrics, same majority accuracy."""
+    true = np.asarray(splits["train"]["label"])
+    permuted = np.random.default_rng(0).permutation(true)
+    shuffled = run_finetune(tiny_bert_dir, splits, tmp_path, train_labels=permuted).metrics
+    real = trained[0].metrics
+    assert shuffled["ft/accuracy"] < 0.75 < real["ft/accuracy"]  # measured: 0.525 and 1.0
+    baselines = [k for k in real if k.startswith(("pt_head/", "pt_probe/", "data/"))]
+    assert {k: shuffled[k] for k in baselines} == {k: real[k] for k in baselines}
+
+
 def test_ordinal_adds_within_one_accuracy(tiny_bert_dir: Path, splits: Any, tmp_path: Path) -> None:
     """ordinal=True adds <prefix>/within_one_accuracy for the fine-tuned model and both
     baselines (and nothing else); with two classes every prediction is within one."""
@@ -292,6 +307,51 @@ def test_stage_end_to_end(
     logged = Path(run.info.artifact_uri.removeprefix("file://")) / artifact.path
     assert logged.read_bytes() == paths.finetune_curve("tiny", "kw", 0).read_bytes()
     assert logged.is_relative_to(tmp_path)
+
+
+def test_shuffled_control_stage(
+    stages: dict[str, ModuleType],
+    tiny_params: Path,
+    mlflow_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """finetune --control shuffled writes the run ``shuffled`` (model, metrics, curve; no seed
+    run), trains with the first seed, reports the fraction of train labels the data-seeded
+    permutation left in place and logs ``control`` to MLflow; compare --control shuffled then
+    runs on its model unchanged."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "repo"
+    stages["prepare"].main(["--task", "kw", "--params", str(tiny_params), "--root", str(root)])
+    control = ["--model", "tiny", "--task", "kw", "--control", "shuffled"]
+    argv = [*control, "--params", str(tiny_params), "--root", str(root)]
+    metrics = stages["finetune"].main(argv)
+    paths = Paths(root)
+    key = ("tiny", "kw", "shuffled")
+
+    written = json.loads(paths.finetune_metrics(*key).read_text())
+    assert written == pytest.approx(metrics)
+    assert set(written) == expected_keys() | {"control/label_agreement"}
+    true = np.asarray(data.load_splits(paths.prepared("kw"))["train"]["label"])
+    data_seed = yaml.safe_load(tiny_params.read_text())["seed"]
+    permuted = np.random.default_rng(data_seed).permutation(true)
+    assert not np.array_equal(permuted, true)
+    assert written["control/label_agreement"] == float(np.mean(permuted == true))
+    assert json.loads((paths.finetuned(*key) / "eval.json").read_text())["metrics"] == written
+    assert paths.finetune_curve(*key).is_file()
+    assert not paths.finetuned("tiny", "kw", 0).exists()
+
+    client = mlflow.MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("layerwise")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.stage = 'finetune'")
+    assert run.info.run_name == "finetune@tiny-kw-shuffled"
+    assert (run.data.tags["control"], run.data.tags["seed"]) == ("shuffled", "0")
+    assert run.data.params["control"] == "shuffled"
+
+    stages["compare"].main(argv)
+    with paths.similarity_csv(*key).open() as fh:
+        assert [int(r["layer"]) for r in csv.DictReader(fh)] == [0, 1, 2]
+    assert (paths.activations(*key) / "analysis" / "meta.json").is_file()
 
 
 def test_curve_artifact_keeps_its_file_name(
@@ -476,9 +536,8 @@ def test_one_device_unless_data_parallel_is_asked(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="batch_size=16 does not split evenly over 3"):
         per_device_batch(16, 3)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert training_devices(True, "cuda") == 2
     with pytest.raises(ConfigError, match="WORLD_SIZE=2"):
-        training_devices(False, "cuda")
+        training_devices(True, "cuda")
 
 
 def test_training_args_on_cpu_keep_the_whole_batch_on_one_device() -> None:

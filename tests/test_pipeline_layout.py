@@ -26,7 +26,27 @@ OUTPUT_KINDS = ("outs", "metrics", "plots")
 PATH_TEMPLATES: dict[str, Callable[[Paths, Any], Path]] = {
     "data/prepared/${item}": lambda p, item: p.prepared(item),
     "metrics/prepare/${item}.json": lambda p, item: p.prepare_metrics(item),
-    "models/${item.model}/${item.task}/s${item.seed}/ft": lambda p, i: p.finetuned(**i),
+    "models/${item.model}/${item.task}/ft/s${item.seed}": lambda p, i: p.finetuned(**i),
+    "models/${item.model}/${item.task}/shuffled/ft": lambda p, i: p.finetuned(**i, seed="shuffled"),
+    "metrics/finetune/${item.model}/${item.task}/shuffled.json": (
+        lambda p, i: p.finetune_metrics(**i, seed="shuffled")
+    ),
+    "plots/finetune/${item.model}/${item.task}/shuffled.csv": (
+        lambda p, i: p.finetune_curve(**i, seed="shuffled")
+    ),
+    "data/activations/${item.model}/${item.task}/shuffled": (
+        lambda p, i: p.activations(**i, seed="shuffled")
+    ),
+    "results/${item.model}/${item.task}/shuffled/similarity.json": (
+        lambda p, i: p.similarity_json(**i, seed="shuffled")
+    ),
+    "results/${item.model}/${item.task}/shuffled/similarity.csv": (
+        lambda p, i: p.similarity_csv(**i, seed="shuffled")
+    ),
+    "results/${item.model}/${item.task}/s${item.seed}/reset.json": lambda p, i: p.reset_json(**i),
+    "results/${item.model}/${item.task}/s${item.seed}/reset.csv": lambda p, i: p.reset_csv(**i),
+    "results/${item.model}/${item.task}/seed_floor.json": lambda p, i: p.seed_floor_json(**i),
+    "results/${item.model}/${item.task}/seed_floor.csv": lambda p, i: p.seed_floor_csv(**i),
     "metrics/finetune/${item.model}/${item.task}/s${item.seed}.json": (
         lambda p, i: p.finetune_metrics(**i)
     ),

@@ -13,7 +13,7 @@ import torch
 from scipy.stats import ortho_group
 
 from layerwise.similarity import _kernels
-from layerwise.similarity.accumulator import LayerSimilarityAccumulator
+from layerwise.similarity.accumulator import LayerSimilarityAccumulator, batch_blocks
 from layerwise.similarity.metrics import linear_cka
 
 # --------------------------------------------------------------------------------------------
@@ -319,3 +319,10 @@ def test_onednn_products_equal_plain_matmul(monkeypatch: pytest.MonkeyPatch) -> 
     for layer, (rf, rp) in enumerate(rows):
         ref = linear_cka(corpus.tokens(layer, "pt"), corpus.tokens(layer, "ft"))
         np.testing.assert_allclose([rf["cka"], rp["cka"]], [ref, ref], rtol=1e-6)
+
+
+def test_batch_blocks_deal_batches_round_robin() -> None:
+    """Batch ``b`` goes whole to block ``b mod n_blocks``: every text gets a block and every
+    batch touches one block only."""
+    batches = [np.array([4, 0]), np.array([2, 5]), np.array([1]), np.array([3])]
+    np.testing.assert_array_equal(batch_blocks(batches, 6, 3), [0, 2, 1, 0, 0, 1])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -192,3 +195,137 @@ def test_failed_tagging_does_not_leave_an_active_run(
     finally:
         if mlflow.active_run() is not None:  # keep later tests isolated while the bug lasts
             mlflow.end_run("FAILED")
+
+
+def test_dvc_root_holds_the_default_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _mlflow_template_db: Path
+) -> None:
+    """Under DVC (``DVC_ROOT`` set, also for a queued experiment running in a temp copy of the
+    repo) the default store and the local artifacts belong to the DVC repo, not to the copy."""
+    repo, copy = tmp_path / "repo", tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    shutil.copyfile(_mlflow_template_db, repo / tracking.DEFAULT_DB)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    assert tracking.tracking_uri(copy) == f"sqlite:///{repo.resolve()}/mlflow.db"
+    with start_stage_run("prepare", "kw", EXPERIMENT, root=copy):
+        pass
+    client = mlflow.MlflowClient(tracking.tracking_uri(copy))
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment.artifact_location == (repo.resolve() / "mlartifacts").as_uri()
+    assert sorted(p.name for p in copy.iterdir()) == []
+
+
+def test_exp_baseline_is_tagged_under_dvc_exp_run(
+    mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dvc exp run`` also sets the baseline commit: runs carry it, so experiments of the same
+    name on different baselines stay apart."""
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-a")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
+    with start_stage_run("prepare", "kw", EXPERIMENT, root=tmp_path):
+        pass
+    tags = only_run(mlflow_uri).data.tags
+    assert (tags["dvc_exp_name"], tags["dvc_exp_baseline_rev"]) == ("exp-a", "abc123")
+
+
+class Locked(Exception):
+    """What SQLite raises through SQLAlchemy when it refuses a write."""
+
+    def __init__(self) -> None:
+        super().__init__("(sqlite3.OperationalError) database is locked")
+
+
+def fail_first(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, times: int) -> list:
+    """``owner.name`` raises :class:`Locked` on its first ``times`` calls, then works."""
+    original = getattr(owner, name)
+    calls: list[int] = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            raise Locked()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, flaky)
+    return calls
+
+
+def test_locked_writes_are_retried(
+    mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write refused with "database is locked" (metrics, and the final status, which
+    ``mlflow.end_run`` forgets before writing) is done again, and the run ends complete."""
+    metric_calls = fail_first(monkeypatch, mlflow, "log_metrics", times=2)
+    end_calls = fail_first(monkeypatch, mlflow.MlflowClient, "set_terminated", times=1)
+    with start_stage_run("prepare", "kw", EXPERIMENT, root=tmp_path) as run:
+        run.log_metrics({"texts": 3})
+    stored = only_run(mlflow_uri)
+    assert stored.data.metrics == {"texts": 3.0}
+    assert stored.info.status == "FINISHED"
+    assert (len(metric_calls), len(end_calls)) == (3, 2)
+    assert mlflow.active_run() is None
+
+
+def test_logged_dataset_names_source_and_digest(mlflow_uri: str, tmp_path: Path) -> None:
+    """``log_dataset`` records name, digest, source and context as the run's dataset input;
+    ``dir_md5`` depends on every file's path and bytes only."""
+    split = tmp_path / "split"
+    (split / "train").mkdir(parents=True)
+    (split / "train" / "data.arrow").write_bytes(b"rows")
+    (split / "dataset_dict.json").write_text('{"splits": ["train"]}')
+    digest = tracking.dir_md5(split)
+    same = tmp_path / "copy"
+    shutil.copytree(split, same)
+    assert tracking.dir_md5(same) == digest
+    (same / "train" / "data.arrow").write_bytes(b"other rows")
+    assert tracking.dir_md5(same) != digest
+    with start_stage_run("sae", "tiny-kw-0", EXPERIMENT, root=tmp_path) as run:
+        run.log_dataset("kw", {"source": "kw.csv", "path": "split"}, digest, "input")
+    (used,) = only_run(mlflow_uri).inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest) == ("kw", digest)
+    assert json.loads(used.dataset.source) == {"source": "kw.csv", "path": "split"}
+    assert [(t.key, t.value) for t in used.tags] == [("mlflow.data.context", "input")]
+
+
+WRITER = """
+import sys
+from layerwise.tracking import start_stage_run
+
+with start_stage_run("sae", sys.argv[2], "layerwise", {"task": "kw"}, root=sys.argv[1]) as run:
+    run.log_params({f"p{i}": i for i in range(150)})
+    for step in range(int(sys.argv[3])):
+        run.log_metrics({"loss": 1 / (step + 1), "fvu": step / 100}, step=step)
+"""
+
+
+@pytest.mark.slow
+def test_two_stages_logging_at_once_to_a_new_sqlite_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stage processes start together on a default store that does not exist yet (both
+    would create and migrate it, both create the experiment: ``dvc queue start -j 2`` on a
+    fresh clone) and log metric steps concurrently: both runs finish with every step."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    steps = 25
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), item, str(steps)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for item in ("a", "b")
+    ]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+    uri = tracking.tracking_uri(tmp_path)
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("layerwise").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["sae@a", "sae@b"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert len(run.data.params) == 150
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == steps

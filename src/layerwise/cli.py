@@ -17,7 +17,10 @@ from typing import Any
 from layerwise import tracking
 from layerwise.config import Params, load_params, section_dict
 from layerwise.errors import UserError
+from layerwise.paths import Paths
 from layerwise.runtime import quiet_libraries, setup_logging
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,40 +30,70 @@ class StageArgs:
     task: str | None = None
     model: str | None = None
     seed: int | None = None
+    control: str | None = None
+    """A control run instead of a seed (``shuffled``: labels permuted within the train split);
+    it trains with the first of ``seeds``."""
+
+    @property
+    def run(self) -> int | str | None:
+        """What names this run's outputs: the control's name, else the seed."""
+        return self.control if self.control is not None else self.seed
 
     @property
     def item(self) -> str:
-        """The DVC stage suffix: ``<model>-<task>-<seed>`` (or ``<task>`` for prepare)."""
+        """The DVC stage suffix: ``<model>-<task>-<seed|control>`` (``<task>`` for prepare)."""
         parts = [p for p in (self.model, self.task) if p]
-        if self.seed is not None:
-            parts.append(str(self.seed))
+        if self.run is not None:
+            parts.append(str(self.run))
         return "-".join(parts) or "all"
 
+    def stage_name(self, stage: str) -> str:
+        """The DVC stage that makes ``stage``'s output for this run (``finetune@m-t-0``, or
+        ``finetune_shuffled@m-t`` for a control): what an error tells the user to rerun."""
+        if self.control is not None:
+            return f"{stage}_{self.control}@{self.model}-{self.task}"
+        return f"{stage}@{self.item}"
+
     @property
-    def key(self) -> tuple[str, str, int]:
-        """``(model, task, seed)``: what names one run's outputs (the ``Paths`` methods)."""
-        if self.model is None or self.task is None or self.seed is None:
+    def key(self) -> tuple[str, str, int | str]:
+        """``(model, task, seed or control)``: names one run's outputs (``Paths`` methods)."""
+        if self.model is None or self.task is None or self.run is None:
             raise ValueError(f"stage {self.item!r} has no (model, task, seed) key")
-        return self.model, self.task, self.seed
+        return self.model, self.task, self.run
 
     @property
     def tags(self) -> dict[str, Any]:
-        """MLflow tags of the stage's run: the task, model and seed it ran for."""
-        pairs = (("task", self.task), ("model", self.model), ("seed", self.seed))
+        """MLflow tags of the stage's run: the task, model, seed (and control) it ran for."""
+        pairs = (
+            ("task", self.task),
+            ("model", self.model),
+            ("seed", self.seed),
+            ("control", self.control),
+        )
         return {name: value for name, value in pairs if value is not None}
 
 
 def parse_stage_args(
-    description: str, argv: list[str] | None, *, task: bool, model: bool, seed: bool
+    description: str,
+    argv: list[str] | None,
+    *,
+    task: bool,
+    model: bool,
+    seed: bool,
+    controls: tuple[str, ...] = (),
 ) -> StageArgs:
-    """Parse ``--task/--model/--seed`` and load params; validate the keys against params."""
+    """Parse ``--task/--model/--seed`` (or ``--control`` where the stage runs controls) and
+    load params; validate the keys against params."""
     parser = argparse.ArgumentParser(description=description)
     if task:
         parser.add_argument("--task", required=True, help="task key (params: tasks)")
     if model:
         parser.add_argument("--model", required=True, help="model key (params: models)")
     if seed:
-        parser.add_argument("--seed", required=True, type=int, help="training seed (params: seeds)")
+        which = parser.add_mutually_exclusive_group(required=True)
+        which.add_argument("--seed", type=int, help="training seed (params: seeds)")
+        if controls:
+            which.add_argument("--control", choices=controls, help="a control run")
     parser.add_argument("--params", default="params.yaml", help="params file")
     parser.add_argument("--root", default=".", help="repo root: outputs are written under it")
     ns = parser.parse_args(argv)
@@ -72,18 +105,26 @@ def parse_stage_args(
     if model:
         params.model(ns.model)
         args.model = ns.model
-    if seed:
+    if seed and getattr(ns, "control", None) is not None:
+        args.control, args.seed = ns.control, params.seeds[0]
+    elif seed:
         args.seed = params.check_seed(ns.seed)
     return args
 
 
 def begin_stage(
-    description: str, argv: list[str] | None, *, task: bool, model: bool, seed: bool
+    description: str,
+    argv: list[str] | None,
+    *,
+    task: bool,
+    model: bool,
+    seed: bool,
+    controls: tuple[str, ...] = (),
 ) -> StageArgs:
     """A stage's first step: logging, quiet HF libraries, then :func:`parse_stage_args`."""
     setup_logging()
     quiet_libraries()
-    return parse_stage_args(description, argv, task=task, model=model, seed=seed)
+    return parse_stage_args(description, argv, task=task, model=model, seed=seed, controls=controls)
 
 
 def prefixed(prefix: str, section: Any) -> dict[str, Any]:
@@ -96,7 +137,9 @@ def stage_run(
     stage: str, args: StageArgs, used: dict[str, Any], tags: dict[str, Any] | None = None
 ) -> Iterator[tracking.StageRun]:
     """The stage's MLflow run (``<stage>@<item>``, tagged with ``args.tags`` unless ``tags`` is
-    given), with the params it used logged before anything else."""
+    given), with the params it used logged before anything else, then the task's prepared
+    split as the run's dataset: before the work for the stages that read it, after it for
+    ``prepare``, which writes it."""
     with tracking.start_stage_run(
         stage,
         args.item,
@@ -105,7 +148,26 @@ def stage_run(
         root=args.root,
     ) as run:
         run.log_params(used)
+        if args.task is not None and stage != "prepare":
+            log_split(run, args, "input")
         yield run
+        if args.task is not None and stage == "prepare":
+            log_split(run, args, "output")
+
+
+def log_split(run: tracking.StageRun, args: StageArgs, context: str) -> None:
+    """Log ``args.task``'s prepared split as an MLflow dataset: its source in params and the md5
+    DVC records for it, so the run and ``dvc.lock`` name the same data. A missing split is left
+    for the stage to report (it names the stage that makes it)."""
+    split = Paths(args.root).prepared(args.task)
+    if not split.is_dir():
+        logger.debug("no prepared split at %s: no dataset logged", split)
+        return
+    source = {
+        "source": args.params.task(args.task).source,
+        "path": split.relative_to(args.root).as_posix(),
+    }
+    run.log_dataset(args.task, source, tracking.dir_md5(split), context)
 
 
 def run_script(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
@@ -117,7 +179,7 @@ def run_script(main: Callable[[list[str] | None], Any], argv: list[str] | None =
     except UserError as exc:
         if os.environ.get("LAYERWISE_DEBUG") == "1":
             raise
-        logging.getLogger(__name__).debug("user error", exc_info=True)
+        logger.debug("user error", exc_info=True)
         message = " ".join(str(exc).split())
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None

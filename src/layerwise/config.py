@@ -279,24 +279,20 @@ class FinetuneParams:
     group_by_length: bool = True
     """Batch texts of similar length together: less padding, faster on CPU."""
     logging_steps: int = 10
-    probe_max_iter: int = 2000
-    """Iterations for the logistic-regression baseline probe."""
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     """Training precision: ``auto`` = bfloat16 autocast where the hardware multiplies bf16
     natively (CUDA with bf16, CPUs with AMX or AVX512-BF16), float16 on other CUDA GPUs, else
     float32."""
 
     data_parallel: bool = False
-    """Train on every visible GPU (``nn.DataParallel``, or one process per GPU under
-    ``torchrun``/``accelerate launch``) with the per-device batch set so the effective batch
-    stays ``batch_size``. Off: one device, whatever the machine has, so results do not depend
-    on how many GPUs are visible."""
+    """Train on every visible GPU (one process, ``nn.DataParallel``) with the per-device batch
+    set so the effective batch stays ``batch_size``. Off: one device, whatever the machine has,
+    so results do not depend on how many GPUs are visible."""
 
     def validate(self, prefix: str) -> None:
         for name in ("epochs", "batch_size", "learning_rate", "max_length", "eval_batch_size"):
             _positive(prefix, name, getattr(self, name))
         _positive(prefix, "logging_steps", self.logging_steps)
-        _positive(prefix, "probe_max_iter", self.probe_max_iter)
         _fraction(prefix, "warmup_ratio", self.warmup_ratio, open_right=True)
         _non_negative(prefix, "weight_decay", self.weight_decay)
         _non_negative(prefix, "grad_clip", self.grad_clip)
@@ -317,6 +313,14 @@ class CompareParams:
     n_blocks: int = 10
     """Jackknife blocks over texts (CKA CIs)."""
     probe_folds: int = 5
+    """Outer folds of the probes: every analysis text is predicted once, out of fold."""
+    probe_c_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
+    """Inverse L2 strengths each probe searches (also the fine-tune stage's PT-probe baseline):
+    a fixed C overfits hundreds of dimensions on hundreds of texts, so layers would be compared
+    through their overfitting."""
+    probe_inner_folds: int = 3
+    """Folds of that search, inside each outer fold's training texts (nested cross-validation:
+    a text's prediction never depends on a strength chosen with it)."""
     confidence: float = 0.95
     pooling: Literal["auto", "mean", "first", "last"] = "auto"
     """How a text becomes one vector for the probes (and the fine-tune stage's PT-probe
@@ -331,6 +335,10 @@ class CompareParams:
             raise ConfigError(f"{prefix}.n_blocks={self.n_blocks} must be >= 2")
         if self.probe_folds < 2:
             raise ConfigError(f"{prefix}.probe_folds={self.probe_folds} must be >= 2")
+        if self.probe_inner_folds < 2:
+            raise ConfigError(f"{prefix}.probe_inner_folds={self.probe_inner_folds} must be >= 2")
+        if not self.probe_c_grid or min(self.probe_c_grid) <= 0:
+            raise ConfigError(f"{prefix}.probe_c_grid={self.probe_c_grid} must be numbers > 0")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"{prefix}.confidence={self.confidence} must be in (0, 1)")
 
@@ -414,15 +422,28 @@ class FeaturesParams:
 
 @dataclass
 class PaperParams:
-    """Rules turning numbers into verdicts in ``paper/summary.md``."""
+    """Thresholds of the rules turning numbers into verdicts in ``paper/summary.md`` (the rules
+    themselves are written out there, with these values filled in)."""
 
-    rho_threshold: float = -0.8
-    """A claim of monotone decline holds when Spearman rho(similarity, depth) <= this."""
+    reset_small: float = 0.25
+    """Resetting blocks to PT 'costs little' when the seed-mean share of the fine-tuning gain
+    it loses (reset.csv ``lost_gain``) is below this."""
+    reset_large: float = 0.5
+    """... and 'costs most of the gain' when that share is at least this (the reset stage's
+    midpoint uses one half too)."""
+    middle_lo: float = 1 / 3
+    """The middle of the network starts at this relative depth (layer / L) ..."""
+    middle_hi: float = 2 / 3
+    """... and ends here: C2's transition must lie in [middle_lo, middle_hi]."""
     dpi: int = 160
 
     def validate(self, prefix: str) -> None:
-        if not -1 <= self.rho_threshold <= 1:
-            raise ConfigError(f"{prefix}.rho_threshold={self.rho_threshold} must be in [-1, 1]")
+        for name in ("reset_small", "reset_large", "middle_lo", "middle_hi"):
+            _fraction(prefix, name, getattr(self, name))
+        if not self.reset_small < self.reset_large:
+            raise ConfigError(f"{prefix}.reset_small must be below {prefix}.reset_large")
+        if not self.middle_lo < self.middle_hi:
+            raise ConfigError(f"{prefix}.middle_lo must be below {prefix}.middle_hi")
         _positive(prefix, "dpi", self.dpi)
 
 
@@ -528,11 +549,17 @@ def check_source(source: str, key: str) -> None:
         if not rest:
             raise ConfigError(f"{key}={source!r}: write hub:<id>, e.g. hub:bert-base-uncased")
         return
+    if source.startswith("parts:"):
+        if not rest or ":" in rest:
+            raise ConfigError(
+                f"{key}={source!r}: write parts:<archive>, e.g. parts:all-mpnet-base-v2"
+            )
+        return
     if source.startswith(("/", ".")):
         return
     raise ConfigError(
         f"{key}={source!r} has unknown source scheme {scheme + ':'!r}; "
-        "use package:<distribution>:<path>, hub:<id> or a local path"
+        "use package:<distribution>:<path>, parts:<archive>, hub:<id> or a local path"
     )
 
 

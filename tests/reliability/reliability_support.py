@@ -79,6 +79,19 @@ def run_stage(stage: str, params: Path, root: Path, **keys: Any) -> dict:
     return stage_module(stage).main(stage_argv(stage, params, root, **keys))
 
 
+def run_controls(params: Path, root: Path, task: str = TASK, model: str = MODEL) -> dict:
+    """The control stages after :func:`run_pipeline`: the shuffled-label fine-tune and its
+    compare, the layer reset, and the seed floor; returns each one's metrics."""
+    keys = ["--task", task, "--model", model, "--params", str(params), "--root", str(root)]
+    shuffled = [*keys, "--control", "shuffled"]
+    return {
+        "finetune_shuffled": stage_module("finetune").main(shuffled),
+        "compare_shuffled": stage_module("compare").main(shuffled),
+        "reset": stage_module("reset").main([*keys, "--seed", str(SEED)]),
+        "seed_floor": stage_module("seed_floor").main(keys),
+    }
+
+
 def run_pipeline(
     params: Path, root: Path, stages: tuple[str, ...] = STAGES
 ) -> tuple[dict[str, float], dict[str, dict]]:

@@ -1,28 +1,33 @@
 """The paper's three claims turned into rules over our numbers, one verdict per (model, task).
 
 Nadipalli (2025) claims that fine-tuning leaves early layers general, makes middle layers a
-transition and specialises late layers. The paper argues this from curves and examples; here each
-part becomes a rule over measured numbers with confidence intervals, so a verdict can be wrong in
-a visible way and changes when the data do. The rules are parameterised by
-``paper.rho_threshold`` and written verbatim into ``paper/summary.md`` by :func:`rules`; nothing
-here hard-codes a verdict or a number.
+transition and specialises late layers. Any perturbation of the weights makes PT-vs-FT
+similarity fall with depth (changes compound through the layers), so a falling curve alone
+shows nothing; C1 and C2 are therefore judged against controls: the FT-vs-FT seed floor (how
+different two equally good fine-tunes are), the shuffled-label fine-tune (what optimisation
+without the task does) and the layer-reset test (where the task lives, without a similarity
+metric). Numbers are seed means with Student t intervals over seeds; the thresholds are
+``paper:`` params, and :func:`rules` writes the rules verbatim into ``paper/summary.md``.
 
 Early / middle / late are the model's SAE layers (``models.<m>.layers``): the first, the middle
-one (index ``len // 2``) and the last.
+one (index ``len // 2``) and the last. C3 still compares PT with FT SAEs directly: its numbers
+are not yet calibrated against chance or seeds (its rule says so).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from layerwise.paper.inputs import Stat
+
 if TYPE_CHECKING:
+    from layerwise.config import PaperParams
     from layerwise.paper.inputs import PaperInputs, RunSet
 
 logger = logging.getLogger(__name__)
@@ -36,54 +41,85 @@ SCORES: dict[str, float] = {HOLDS: 1.0, PARTLY: 0.5, FAILS: 0.0}
 """Verdict -> number, for ``metrics/paper.json`` (so ``dvc metrics diff`` shows a change)."""
 
 CLAIMS: dict[str, str] = {
-    "C1": "similarity falls with depth / early layers stay general",
+    "C1": "early layers stay general, late layers specialise to the task",
     "C2": "middle layers transition",
-    "C3": "late layers specialise",
+    "C3": "late layers specialise (SAE features)",
 }
+CONTROLS: dict[str, str] = {
+    "C1": "FT-FT seed band; shuffled-label fine-tune; layer reset",
+    "C2": "FT-FT seed floor; layer reset",
+    "C3": "none yet (PT vs FT SAEs; not calibrated against chance or seeds)",
+}
+"""What each claim's real fine-tune is compared with (the claims table's ``control`` column)."""
 
 
-def rules(rho_threshold: float) -> dict[str, str]:
-    """The verdict rules as sentences, with the threshold filled in (for summary.md)."""
-    t = f"{rho_threshold:g}"
+def rules(params: PaperParams, confidence: float = 0.95) -> dict[str, str]:
+    """The verdict rules as sentences, thresholds filled in (for summary.md)."""
+    small, large = f"{params.reset_small:g}", f"{params.reset_large:g}"
+    band = f"[{params.middle_lo:.3g}, {params.middle_hi:.3g}]"
+    level = f"{round(100 * confidence)}%"
     return {
         "C1": (
-            f"holds if Spearman rho(token cosine, layer) over layers 0..L is <= {t} AND the "
-            "early SAE layer's cosine CI lower bound is above the late SAE layer's cosine CI "
-            f"upper bound; partly if only one of these is true, or rho < 0; does not hold "
-            "otherwise (rho of CKA vs layer is reported beside it, not used)."
+            "early part: at the early SAE layer the seed-mean PT-FT token cosine is at or above "
+            "the lower edge of the FT-FT seed band (the minimum over seed pairs), and resetting "
+            "blocks 1..k to PT (bottom-up, k = the early SAE layer) loses less than "
+            f"{small} of the fine-tuning gain (seed mean of `lost_gain`). Late part: at the "
+            "late SAE layer the PT-FT cosine lies below the seed band's lower edge and below "
+            "the shuffled-label control's PT-FT cosine, each by a margin whose "
+            f"{level} t interval over seeds excludes 0, and resetting the top k blocks "
+            f"(top-down, the same k) loses at least {large} of the gain. holds if both parts "
+            "hold, partly if one does, does not hold if neither. Effect sizes: the two late "
+            "margins and the top-down minus bottom-up lost gain at k, with seed intervals."
         ),
         "C2": (
-            "holds if the middle SAE layer's cosine lies strictly between the early and the "
-            "late layer's (early > middle > late) and its CI overlaps neither of theirs "
-            "(early lower bound > middle upper bound and middle lower bound > late upper "
-            "bound); partly if strictly between but a CI overlaps; does not hold otherwise "
-            "(also when the model has fewer than 3 SAE layers)."
+            "similarity transition: per seed, the largest one-layer increase of (seed-floor "
+            "mean FT-FT cosine - PT-FT cosine), placed at relative depth (j + 0.5)/L between "
+            "layers j and j+1; reset transition: per seed, the mean of the bottom-up midpoint "
+            "k/L and the top-down boundary 1 - k/L (midpoint = smallest k that loses half the "
+            f"gain, from the reset stage). Check (a): the seed-mean similarity transition lies "
+            f"in {band} and its step's {level} t interval over seeds excludes 0; (b): the "
+            f"seed-mean reset transition lies in {band}. holds if both, partly if one, does not "
+            "hold if neither."
         ),
         "C3": (
             "three checks: (a) FT selectivity_top at the late layer > PT selectivity_top at "
             "the late layer; (b) FT selectivity_top late > FT selectivity_top early; (c) MMCS "
             "(PT/FT dictionary overlap) at the late layer < MMCS at the early layer. holds if "
-            "all three are true, partly if one or two, does not hold if none."
+            "all three are true, partly if one or two, does not hold if none. Not yet "
+            "calibrated: selectivity is a maximum over classes of a ROC AUC, whose chance "
+            "level is above 0.5, features are chosen and scored on the same texts, and MMCS "
+            "has no seed baseline, so C3's selectivity and overlap numbers are not compared "
+            "with chance or seeds and its verdict is not evidence yet."
         ),
     }
 
 
+NOT_EVALUABLE = (
+    "A check that needs a seed interval fails with one seed, and a check on an undefined number "
+    "(no seed pair, a fine-tune that does not beat the majority class) fails."
+)
+"""Said once under the rules in summary.md: missing evidence never counts as support."""
+
+
 @dataclass(frozen=True)
 class ClaimInputs:
-    """Everything the rules read for one (model, task): seed means of the per-layer curves.
-
-    With several seeds the curves are means across seeds and the CI bounds are means of the
-    per-seed bounds (a deliberate simplification, stated in summary.md).
-    """
+    """Everything the rules read for one (model, task): per-seed curves and the controls."""
 
     model: str
     task: str
     layers: np.ndarray
     """All layers 0..L (0 = embeddings), ascending."""
     cosine: np.ndarray
-    cosine_lo: np.ndarray
-    cosine_hi: np.ndarray
-    cka: np.ndarray
+    """``[n_seeds, L + 1]`` PT-vs-FT token cosine per seed."""
+    floor_min: np.ndarray
+    """``[L + 1]`` FT-vs-FT cosine, lowest over seed pairs (NaN with one seed)."""
+    floor_mean: np.ndarray
+    shuffled: np.ndarray
+    """``[L + 1]`` PT-vs-FT-shuffled cosine (the shuffled-label control, one run)."""
+    lost_gain: Mapping[str, np.ndarray]
+    """Reset direction -> ``[n_seeds, L + 1]`` share of the gain lost resetting k = 0..L blocks."""
+    reset_depth: Mapping[str, np.ndarray]
+    """Reset direction -> ``[n_seeds]`` midpoint as a relative depth k/L (NaN: none)."""
     sae_layers: Sequence[int]
     selectivity_top_pt: Mapping[int, float]
     """SAE layer -> mean ROC AUC of the top-variance PT features (features stage)."""
@@ -92,6 +128,23 @@ class ClaimInputs:
     """SAE layer -> mean max cosine between FT and PT decoder directions."""
     selective_frac_pt: Mapping[int, float] = field(default_factory=dict)
     selective_frac_ft: Mapping[int, float] = field(default_factory=dict)
+    confidence: float = 0.95
+
+    @property
+    def n_layers(self) -> int:
+        return int(np.max(self.layers))
+
+    def stat(self, values: Iterable[float]) -> Stat:
+        return Stat.of(values, self.confidence)
+
+    def index(self, layer: int) -> int:
+        idx = np.flatnonzero(np.asarray(self.layers) == layer)
+        if idx.size == 0:
+            raise ValueError(
+                f"{self.model}/{self.task}: SAE layer {layer} is not among the similarity "
+                f"layers {np.asarray(self.layers).tolist()}"
+            )
+        return int(idx[0])
 
 
 @dataclass(frozen=True)
@@ -106,14 +159,24 @@ class ClaimResult:
     checks: dict[str, bool]
     evidence: str
     """One line with the numbers, for tables and summary.md."""
+    effects: dict[str, Stat] = field(default_factory=dict)
+    """Effect sizes with their seed intervals (also flattened into ``numbers``)."""
 
     @property
     def title(self) -> str:
         return CLAIMS[self.claim]
 
     @property
+    def control(self) -> str:
+        return CONTROLS[self.claim]
+
+    @property
     def score(self) -> float:
         return SCORES[self.verdict]
+
+    def effect_text(self) -> str:
+        """The effect sizes as ``name mean [lo, hi]``, for the claims table."""
+        return "; ".join(f"{name} {s.ci_text(3)}" for name, s in self.effects.items()) or "—"
 
 
 def early_middle_late(sae_layers: Sequence[int]) -> tuple[int, int | None, int]:
@@ -125,116 +188,121 @@ def early_middle_late(sae_layers: Sequence[int]) -> tuple[int, int | None, int]:
     return layers[0], middle, layers[-1]
 
 
-def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
-    """Spearman rho, NaN (without a warning) when either input is constant or too short."""
-    from scipy.stats import spearmanr
-
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(spearmanr(x, y).statistic)
+def reset_k(sae_layers: Sequence[int], n_layers: int) -> int:
+    """The blocks C1 resets from each end: as many as the early SAE layer (at least one), so
+    the early and the late reset are like for like."""
+    return min(max(min(sae_layers), 1), n_layers)
 
 
-def _at(inp: ClaimInputs, layer: int) -> tuple[float, float, float]:
-    """(cosine, lo, hi) at ``layer``."""
-    idx = np.flatnonzero(np.asarray(inp.layers) == layer)
-    if idx.size == 0:
-        raise ValueError(
-            f"{inp.model}/{inp.task}: SAE layer {layer} is not among the similarity layers "
-            f"{np.asarray(inp.layers).tolist()}"
-        )
-    i = int(idx[0])
-    return float(inp.cosine[i]), float(inp.cosine_lo[i]), float(inp.cosine_hi[i])
+def _flatten(effects: Mapping[str, Stat]) -> dict[str, float]:
+    """Effects as metrics: ``name`` (seed mean), ``name_lo`` and ``name_hi`` (seed interval)."""
+    out: dict[str, float] = {}
+    for name, s in effects.items():
+        out.update({name: s.mean, f"{name}_lo": s.lo, f"{name}_hi": s.hi})
+    return out
 
 
-def _ci(v: float, lo: float, hi: float) -> str:
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+def _parts_verdict(parts: Sequence[bool]) -> Verdict:
+    """All parts true: holds; some: partly; none: does not hold."""
+    n = sum(parts)
+    return HOLDS if n == len(parts) else PARTLY if n else FAILS
 
 
-def check_c1(inp: ClaimInputs, rho_threshold: float) -> ClaimResult:
-    """C1: cosine falls with depth (rank correlation) and early is reliably above late."""
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+def c1_effects(inp: ClaimInputs) -> tuple[dict[str, Stat], int]:
+    """C1's numbers with seed intervals, and k, the blocks reset from each end."""
     early, _, late = early_middle_late(inp.sae_layers)
-    rho_cos = spearman(inp.layers, inp.cosine)
-    rho_cka = spearman(inp.layers, inp.cka)
-    e, e_lo, e_hi = _at(inp, early)
-    la, la_lo, la_hi = _at(inp, late)
-    monotone = bool(rho_cos <= rho_threshold)  # False for NaN
-    negative = bool(rho_cos < 0)
-    separated = bool(e_lo > la_hi)
-    if monotone and separated:
-        verdict = HOLDS
-    elif monotone or separated or negative:
-        verdict = PARTLY
-    else:
-        verdict = FAILS
-    evidence = (
-        f"rho(cosine, layer) = {rho_cos:.2f} (threshold {rho_threshold:g}), "
-        f"rho(CKA, layer) = {rho_cka:.2f}; cosine L{early} {_ci(e, e_lo, e_hi)} vs "
-        f"L{late} {_ci(la, la_lo, la_hi)}: CIs {'separated' if separated else 'not separated'}"
-    )
-    return ClaimResult(
-        "C1",
-        inp.model,
-        inp.task,
-        verdict,
-        {
-            "rho_cosine": rho_cos,
-            "rho_cka": rho_cka,
-            "cosine_early": e,
-            "cosine_early_lo": e_lo,
-            "cosine_early_hi": e_hi,
-            "cosine_late": la,
-            "cosine_late_lo": la_lo,
-            "cosine_late_hi": la_hi,
-        },
-        {"rho_below_threshold": monotone, "rho_negative": negative, "ci_separated": separated},
-        evidence,
-    )
+    ie, il = inp.index(early), inp.index(late)
+    k = reset_k(inp.sae_layers, inp.n_layers)
+    bottom, top = inp.lost_gain["bottom_up"][:, k], inp.lost_gain["top_down"][:, k]
+    effects = {
+        "cosine_early": inp.stat(inp.cosine[:, ie]),
+        "early_below_band": inp.stat(inp.floor_min[ie] - inp.cosine[:, ie]),
+        "reset_early_lost": inp.stat(bottom),
+        "cosine_late": inp.stat(inp.cosine[:, il]),
+        "late_below_band": inp.stat(inp.floor_min[il] - inp.cosine[:, il]),
+        "late_below_shuffled": inp.stat(inp.shuffled[il] - inp.cosine[:, il]),
+        "reset_late_lost": inp.stat(top),
+        "reset_late_minus_early": inp.stat(top - bottom),
+    }
+    return effects, k
 
 
-def check_c2(inp: ClaimInputs) -> ClaimResult:
-    """C2: the middle SAE layer sits between early and late, distinguishable from both."""
-    early, middle, late = early_middle_late(inp.sae_layers)
-    if middle is None:
-        return ClaimResult(
-            "C2",
-            inp.model,
-            inp.task,
-            FAILS,
-            {},
-            {"between": False, "ci_separated": False},
-            f"needs >= 3 SAE layers, the model has {len(inp.sae_layers)}",
-        )
-    e, e_lo, e_hi = _at(inp, early)
-    m, m_lo, m_hi = _at(inp, middle)
-    la, la_lo, la_hi = _at(inp, late)
-    between = bool(e > m > la)
-    separated = bool(e_lo > m_hi and m_lo > la_hi)
-    if between and separated:
-        verdict = HOLDS
-    elif between:
-        verdict = PARTLY
-    else:
-        verdict = FAILS
+def check_c1(inp: ClaimInputs, params: PaperParams) -> ClaimResult:
+    """C1: the early layer is within seed noise and cheap to reset; the late layer moved beyond
+    seed noise and beyond the shuffled-label control, and resetting it costs most of the gain."""
+    early, _, late = early_middle_late(inp.sae_layers)
+    e, k = c1_effects(inp)
+    checks = {
+        "early_in_seed_band": bool(e["early_below_band"].mean <= 0),
+        "early_reset_costs_little": bool(e["reset_early_lost"].mean < params.reset_small),
+        "late_below_seed_band": e["late_below_band"].excludes_zero_above,
+        "late_below_shuffled": e["late_below_shuffled"].excludes_zero_above,
+        "late_reset_costs_most": bool(e["reset_late_lost"].mean >= params.reset_large),
+    }
+    values = list(checks.values())
+    early_ok, late_ok = all(values[:2]), all(values[2:])
     evidence = (
-        f"cosine L{early} {_ci(e, e_lo, e_hi)}, L{middle} {_ci(m, m_lo, m_hi)}, "
-        f"L{late} {_ci(la, la_lo, la_hi)}: middle "
-        f"{'strictly between' if between else 'not between'}, CIs "
-        f"{'do not overlap' if separated else 'overlap'}"
+        f"early L{early}: cosine {e['cosine_early'].ci_text()}, below seed band by "
+        f"{e['early_below_band'].ci_text()} (in band: {_yes(values[0])}), bottom-up reset of "
+        f"{k} block(s) loses {e['reset_early_lost'].ci_text()} of the gain; late L{late}: "
+        f"below seed band by {e['late_below_band'].ci_text()}, below shuffled by "
+        f"{e['late_below_shuffled'].ci_text()}, top-down reset of {k} block(s) loses "
+        f"{e['reset_late_lost'].ci_text()}; early part {'holds' if early_ok else 'fails'}, "
+        f"late part {'holds' if late_ok else 'fails'}"
     )
-    return ClaimResult(
-        "C2",
-        inp.model,
-        inp.task,
-        verdict,
-        {"cosine_middle": m, "cosine_middle_lo": m_lo, "cosine_middle_hi": m_hi},
-        {"between": between, "ci_separated": separated},
-        evidence,
+    verdict = _parts_verdict([early_ok, late_ok])
+    return ClaimResult("C1", inp.model, inp.task, verdict, _flatten(e), checks, evidence, e)
+
+
+def _steepest_excess_drop(inp: ClaimInputs) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed: depth (j + 0.5)/L of the largest one-layer rise of (seed floor - PT-FT
+    cosine) between layers j and j+1, and that rise; NaN where the floor is undefined."""
+    steps = np.diff(inp.floor_mean[None, :] - inp.cosine, axis=1)
+    depth = np.full(steps.shape[0], math.nan)
+    size = np.full(steps.shape[0], math.nan)
+    for s, row in enumerate(steps):
+        if np.isfinite(row).any():
+            j = int(np.nanargmax(row))
+            depth[s], size[s] = (j + 0.5) / inp.n_layers, row[j]
+    return depth, size
+
+
+def check_c2(inp: ClaimInputs, params: PaperParams) -> ClaimResult:
+    """C2: both the similarity transition (relative to the seed floor) and the reset
+    transition lie in the middle of the network."""
+    depth, size = _steepest_excess_drop(inp)
+    bottom, top = inp.reset_depth["bottom_up"], 1.0 - inp.reset_depth["top_down"]
+    both = np.stack([bottom, top])
+    reset = np.full(both.shape[1], math.nan)
+    has = np.isfinite(both).any(axis=0)
+    reset[has] = np.nanmean(both[:, has], axis=0)
+    e = {
+        "transition_depth": inp.stat(depth),
+        "transition_step": inp.stat(size),
+        "reset_transition_depth": inp.stat(reset),
+    }
+
+    def middle(s: Stat) -> bool:
+        return bool(params.middle_lo <= s.mean <= params.middle_hi)
+
+    checks = {
+        "a_similarity_transition_in_middle": middle(e["transition_depth"])
+        and e["transition_step"].excludes_zero_above,
+        "b_reset_transition_in_middle": middle(e["reset_transition_depth"]),
+    }
+    evidence = (
+        f"similarity transition at depth {e['transition_depth'].ci_text(2)} (step "
+        f"{e['transition_step'].ci_text()}): {_yes(checks['a_similarity_transition_in_middle'])}"
+        f"; reset transition at depth {e['reset_transition_depth'].ci_text(2)}: "
+        f"{_yes(checks['b_reset_transition_in_middle'])} (middle = [{params.middle_lo:.3g}, "
+        f"{params.middle_hi:.3g}])"
     )
+    verdict = _parts_verdict(list(checks.values()))
+    return ClaimResult("C2", inp.model, inp.task, verdict, _flatten(e), checks, evidence, e)
 
 
 def check_c3(inp: ClaimInputs) -> ClaimResult:
@@ -259,14 +327,12 @@ def check_c3(inp: ClaimInputs) -> ClaimResult:
     n = sum(checks.values())
     verdict = HOLDS if n == 3 else PARTLY if n > 0 else FAILS
 
-    def mark(ok: bool) -> str:
-        return "yes" if ok else "no"
-
     evidence = (
         f"(a) FT selectivity L{late} {ft_late:.3f} > PT {pt_late:.3f}: "
-        f"{mark(checks['a_ft_above_pt_late'])}; (b) FT L{late} {ft_late:.3f} > FT L{early} "
-        f"{ft_early:.3f}: {mark(checks['b_ft_late_above_early'])}; (c) MMCS L{late} "
-        f"{mmcs_late:.3f} < L{early} {mmcs_early:.3f}: {mark(checks['c_mmcs_late_below_early'])}"
+        f"{_yes(checks['a_ft_above_pt_late'])}; (b) FT L{late} {ft_late:.3f} > FT L{early} "
+        f"{ft_early:.3f}: {_yes(checks['b_ft_late_above_early'])}; (c) MMCS L{late} "
+        f"{mmcs_late:.3f} < L{early} {mmcs_early:.3f}: {_yes(checks['c_mmcs_late_below_early'])}"
+        " (uncalibrated)"
     )
     numbers = {
         "selectivity_top_ft_late": ft_late,
@@ -282,16 +348,17 @@ def check_c3(inp: ClaimInputs) -> ClaimResult:
     return ClaimResult("C3", inp.model, inp.task, verdict, numbers, checks, evidence)
 
 
-def evaluate(inp: ClaimInputs, rho_threshold: float) -> list[ClaimResult]:
+def evaluate(inp: ClaimInputs, params: PaperParams) -> list[ClaimResult]:
     """All three claims for one (model, task), in order C1, C2, C3."""
-    results = [check_c1(inp, rho_threshold), check_c2(inp), check_c3(inp)]
+    results = [check_c1(inp, params), check_c2(inp, params), check_c3(inp)]
     for r in results:
         logger.info("%s %s/%s: %s (%s)", r.claim, r.model, r.task, r.verdict, r.evidence)
     return results
 
 
 def claim_inputs(rs: RunSet) -> ClaimInputs:
-    """One (model, task)'s seed means in the shape the rules read."""
+    """One (model, task)'s per-seed curves and controls in the shape the rules read (the C3
+    feature numbers as seed means)."""
     means = {
         col: {k: rs.feature_stat(col, k).mean for k in rs.sae_layers}
         for col in (
@@ -302,29 +369,36 @@ def claim_inputs(rs: RunSet) -> ClaimInputs:
             "selective_frac_ft",
         )
     }
+    directions = ("bottom_up", "top_down")
     return ClaimInputs(
         model=rs.model,
         task=rs.task,
         layers=rs.layers,
-        cosine=rs.sim_mean("cosine"),
-        cosine_lo=rs.sim_mean("cosine_lo"),
-        cosine_hi=rs.sim_mean("cosine_hi"),
-        cka=rs.sim_mean("cka"),
+        cosine=rs.sim("cosine"),
+        floor_min=rs.seed_floor["cosine_min"],
+        floor_mean=rs.seed_floor["cosine_mean"],
+        shuffled=rs.shuffled_similarity["cosine"],
+        lost_gain={d: rs.reset_values(d, "lost_gain") for d in directions},
+        reset_depth={
+            d: np.array([r.get(f"{d}/midpoint_depth", math.nan) for r in rs.reset_summary])
+            for d in directions
+        },
         sae_layers=rs.sae_layers,
         selectivity_top_pt=means["selectivity_top_pt"],
         selectivity_top_ft=means["selectivity_top_ft"],
         mmcs=means["mmcs"],
         selective_frac_pt=means["selective_frac_pt"],
         selective_frac_ft=means["selective_frac_ft"],
+        confidence=rs.confidence,
     )
 
 
-def evaluate_claims(inputs: PaperInputs, rho_threshold: float) -> list[ClaimResult]:
-    """All claims for every (model, task), on seed means."""
+def evaluate_claims(inputs: PaperInputs) -> list[ClaimResult]:
+    """All claims for every (model, task), with the thresholds in ``paper:`` params."""
     out: list[ClaimResult] = []
     for m in inputs.models:
         for t in inputs.tasks:
-            out += evaluate(claim_inputs(inputs.run(m, t)), rho_threshold)
+            out += evaluate(claim_inputs(inputs.run(m, t)), inputs.params.paper)
     return out
 
 
@@ -338,8 +412,9 @@ def tally(results: Iterable[ClaimResult]) -> dict[str, int]:
 
 def claims_metrics(results: Sequence[ClaimResult]) -> dict[str, float]:
     """Flat, deterministic metrics: ``claims/<model>/<task>/<C1|C2|C3>`` (1 holds, 0.5 partly,
-    0 does not hold), the numbers behind them under ``claims/<model>/<task>/<name>``, and the
-    totals ``claims/n``, ``claims/holds``, ``claims/partly``, ``claims/does_not_hold``.
+    0 does not hold), the numbers behind them under ``claims/<model>/<task>/<name>`` (effect
+    sizes with ``_lo`` / ``_hi`` seed bounds), and the totals ``claims/n``, ``claims/holds``,
+    ``claims/partly``, ``claims/does_not_hold``.
 
     The model is always part of the key, so adding a model does not rename existing keys.
     """

@@ -10,8 +10,11 @@ Conventions shared by all figures, so they read at a glance:
 - one colour per task (matplotlib's ``C0``, ``C1``, ... in ``params.tasks`` order);
 - PT (pre-trained) = dotted line with open markers, or hatched open bars; FT (fine-tuned) =
   solid line with filled markers, or filled bars;
-- bands are confidence intervals from the compare stage (the level is in its JSON); with
-  several seeds lines are seed means and bands the mean of the per-seed CI bounds;
+- lines are seed means and bands the Student t interval over seeds (the seeds are what a
+  rerun changes); with one seed, which has no seed interval, bands are the within-seed text
+  CIs from the compare stage (the level is in its JSON);
+- controls: the FT-vs-FT seed band is grey, the shuffled-label fine-tune dashed in its task's
+  colour;
 - the majority-class baseline is a black dashed line.
 
 Token maps are drawn by :mod:`layerwise.plots`, which the features stage uses for its quick
@@ -50,16 +53,30 @@ PT_STYLE: dict[str, Any] = {"linestyle": ":", "marker": "o", "markerfacecolor": 
 FT_STYLE: dict[str, Any] = {"linestyle": "-", "marker": "s"}
 BASELINE_STYLE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1.0}
 BAND_ALPHA = 0.18
+SHUFFLED_STYLE: dict[str, Any] = {"linestyle": "--", "linewidth": 1.4}
+"""The shuffled-label control: dashed, in its task's colour."""
+FLOOR_COLOUR = "0.6"
+"""The FT-vs-FT seed band: grey, behind everything."""
+REFERENCE_STYLE: dict[str, Any] = {"color": "0.3", "linestyle": "-.", "linewidth": 1.0}
+"""The paper's reported curve."""
+FT_REFERENCE_STYLE: dict[str, Any] = {"color": "0.45", "linestyle": ":", "linewidth": 1.2}
+RESET_STYLES: dict[str, dict[str, Any]] = {
+    "bottom_up": {"linestyle": "-", "marker": "^", "ms": 5},
+    "top_down": {"linestyle": "-.", "marker": "v", "ms": 5},
+}
 
 CAPTIONS: dict[str, str] = {
     "layerwise_similarity": (
-        "PT-vs-FT similarity per layer (0 = embeddings): token cosine (the paper's metric, left) "
-        "and linear CKA (right), one line per task with CI bands; grey dashed: the paper's "
-        "bert-base IMDB cosine at the same relative depth; thin verticals: SAE layers."
+        "Similarity per layer (0 = embeddings), token cosine (the paper's metric) and linear "
+        "CKA, one panel per task: PT vs FT (solid, seed mean with band), the FT-vs-FT seed "
+        "band (grey, min-max over seed pairs: how far apart two equally good fine-tunes are) "
+        "and PT vs the shuffled-label fine-tune (dashed: optimisation without the task); "
+        "dash-dot: the paper's bert-base IMDB cosine at the same relative depth; thin "
+        "verticals: SAE layers."
     ),
     "similarity_across_models": (
         "Token cosine vs relative depth (layer/L), one line per model, one panel per task, "
-        "with CI bands (grey dashed on the IMDB-like task: the paper's bert-base curve): does "
+        "with bands (dash-dot on the IMDB-like task: the paper's bert-base curve): does "
         "the fall with depth depend on model size?"
     ),
     "finetune_curves": (
@@ -68,7 +85,14 @@ CAPTIONS: dict[str, str] = {
     ),
     "probe_accuracy": (
         "Linear-probe accuracy per layer on mean-pooled PT (dotted, open) and FT (solid, "
-        "filled) representations, out-of-fold with CI bands; dashed: majority class."
+        "filled) representations, out-of-fold, with bands; dashed: majority class. Below: the "
+        "paired FT - PT difference with its paired bootstrap CI (band) and seed interval "
+        "(bars), and the shuffled-label fine-tune's difference (dashed)."
+    ),
+    "layer_reset": (
+        "Layer reset: the FT classifier's validation accuracy with k encoder blocks reset to "
+        "PT, bottom-up (blocks 1..k) and top-down (the top k blocks), seed mean with band; "
+        "dotted: the FT classifier; dashed: majority class."
     ),
     "sae_quality": (
         "SAE quality per SAE layer, PT (hatched) vs FT (filled), per task: fraction of variance "
@@ -113,10 +137,11 @@ def figure_size(name: str, n_models: int, n_tasks: int) -> tuple[float, float]:
     """Figure size in inches; PNGs are this times ``paper.dpi`` pixels."""
     per_task = max(4.2 * n_tasks, 6.0)
     sizes = {
-        "layerwise_similarity": (11.0, 3.8 * n_models),
+        "layerwise_similarity": (per_task, 3.4 * 2 * n_models),
         "similarity_across_models": (per_task, 3.8),
         "finetune_curves": (per_task, 3.2 * 2 * n_models),
-        "probe_accuracy": (per_task, 3.6 * n_models),
+        "probe_accuracy": (per_task, 3.4 * 2 * n_models),
+        "layer_reset": (per_task, 3.6 * n_models),
         "sae_quality": (13.0, 3.8 * n_models),
         "feature_evolution": (13.0, 3.8 * n_models),
     }
@@ -134,14 +159,8 @@ def save_figure(fig: Figure, out_dir: Path, name: str, dpi: int) -> tuple[Path, 
     return png, pdf
 
 
-def _ci_label(rs: RunSet) -> str:
-    return f"{round(100 * rs.confidence)}% CI"
-
-
 def _seed_suffix(inputs: PaperInputs) -> str:
-    if inputs.n_seeds > 1:
-        return f" (mean of {inputs.n_seeds} seeds; bands: mean CI bounds)"
-    return ""
+    return f" (mean of {inputs.n_seeds} seeds)" if inputs.n_seeds > 1 else ""
 
 
 def _band(ax: Axes, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, colour: str) -> None:
@@ -169,40 +188,91 @@ def _sae_layer_marks(ax: Axes, rs: RunSet) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _mean_with_band(
+    ax: Axes,
+    rs: RunSet,
+    x: np.ndarray,
+    values: np.ndarray,
+    text_ci: tuple[np.ndarray, ...],
+    colour: str,
+    **style: Any,
+) -> None:
+    """Seed mean of ``[n_seeds, n]`` values with its seed t band; with one seed (no seed
+    interval) the mean of the per-seed within-seed CI bounds ``text_ci`` instead."""
+    mean, lo, hi = rs.seed_band(values)
+    if not np.isfinite(lo).any():
+        lo, hi = (np.mean(b, axis=0) for b in text_ci)
+    ax.plot(x, mean, color=colour, **style)
+    _band(ax, x, lo, hi, colour)
+
+
+def _band_note(inputs: PaperInputs) -> str:
+    """What the band around a seed mean is, in words, for titles and captions."""
+    if inputs.n_seeds > 1:
+        return f"band: {round(100 * _confidence(inputs))}% t interval over {inputs.n_seeds} seeds"
+    return "band: text CI (one seed: no seed interval)"
+
+
+def _confidence(inputs: PaperInputs) -> float:
+    return inputs.run(inputs.models[0], inputs.tasks[0]).confidence
+
+
+def _similarity_panel(ax: Axes, rs: RunSet, metric: str, colour: str) -> None:
+    """PT-FT (seed mean, band) beside the FT-FT seed band and the shuffled-label control."""
+    x = rs.layers
+    _sae_layer_marks(ax, rs)
+    floor = rs.seed_floor
+    ax.fill_between(
+        x,
+        floor[f"{metric}_min"],
+        floor[f"{metric}_max"],
+        color=FLOOR_COLOUR,
+        alpha=0.35,
+        linewidth=0,
+    )
+    ax.plot(x, floor[f"{metric}_mean"], color=FLOOR_COLOUR, linewidth=1.0)
+    ax.plot(x, rs.shuffled_similarity[metric], color=colour, **SHUFFLED_STYLE)
+    text_ci = (rs.sim(f"{metric}_lo"), rs.sim(f"{metric}_hi"))
+    _mean_with_band(ax, rs, x, rs.sim(metric), text_ci, colour, marker="o", ms=4)
+    if metric == "cosine":
+        depth = np.linspace(0, 1, 13)
+        ax.plot(depth * rs.n_layers, paper_reference_cosine(depth), **REFERENCE_STYLE)
+    ax.set_xticks(x)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_title(f"{rs.task} ({rs.model})")
+    ax.set_ylim(top=1.02)
+
+
+def _similarity_handles(colour: str, metric: str, n_seeds: int) -> list[Any]:
+    floor = "FT vs FT, seed pairs (min-max)" if n_seeds > 1 else "FT vs FT: needs 2+ seeds"
+    handles = [
+        Line2D([], [], color=colour, marker="o", ms=4, label="PT vs FT (seed mean)"),
+        Line2D([], [], color=colour, **SHUFFLED_STYLE, label="PT vs FT-shuffled (control)"),
+        Patch(facecolor=FLOOR_COLOUR, alpha=0.35, label=floor),
+    ]
+    if metric == "cosine":
+        handles.append(Line2D([], [], **REFERENCE_STYLE, label=f"paper: {PAPER_MODEL}, IMDB"))
+    return handles
+
+
 def layerwise_similarity(inputs: PaperInputs) -> Figure:
-    """Cosine (left) and CKA (right) vs layer, one line per task; one row per model."""
+    """Cosine and CKA vs layer per task, PT-FT against the seed band and the shuffled control;
+    rows: model x (cosine, CKA), columns: tasks."""
     colours = task_colours(inputs.tasks)
-    fig = new_figure(figure_size("layerwise_similarity", len(inputs.models), len(inputs.tasks)))
-    axes = fig.subplots(len(inputs.models), 2, squeeze=False)
+    n_m, n_t = len(inputs.models), len(inputs.tasks)
+    fig = new_figure(figure_size("layerwise_similarity", n_m, n_t))
+    axes = fig.subplots(2 * n_m, n_t, squeeze=False)
     for i, m in enumerate(inputs.models):
-        for j, (metric, what) in enumerate(
-            (("cosine", "token cosine similarity"), ("cka", "linear CKA"))
-        ):
-            ax = axes[i][j]
-            rs0 = inputs.run(m, inputs.tasks[0])
-            _sae_layer_marks(ax, rs0)
-            for t in inputs.tasks:
-                rs = inputs.run(m, t)
-                x = rs.layers
-                ax.plot(x, rs.sim_mean(metric), color=colours[t], marker="o", ms=4, label=t)
-                _band(ax, x, rs.sim_mean(f"{metric}_lo"), rs.sim_mean(f"{metric}_hi"), colours[t])
-            if metric == "cosine":
-                depth = np.linspace(0, 1, 13)
-                ax.plot(
-                    depth * rs0.n_layers,
-                    paper_reference_cosine(depth),
-                    color="0.45",
-                    linestyle="--",
-                    linewidth=1.2,
-                    label=f"paper: {PAPER_MODEL}, IMDB (depth-matched)",
-                )
-            ax.set_xticks(rs0.layers)
-            ax.set_xlabel("layer (0 = embeddings)")
-            ax.set_ylabel(f"{what}, PT vs FT")
-            ax.set_title(f"{what} ({m}), bands: {_ci_label(rs0)}")
-            ax.set_ylim(top=1.02)
-            ax.legend(loc="lower left")
-    fig.suptitle("Fine-tuning changes late layers most" + _seed_suffix(inputs))
+        for r, (metric, what) in enumerate((("cosine", "token cosine"), ("cka", "linear CKA"))):
+            for j, t in enumerate(inputs.tasks):
+                ax = axes[2 * i + r][j]
+                _similarity_panel(ax, inputs.run(m, t), metric, colours[t])
+                ax.set_ylabel(what)
+                handles = _similarity_handles(colours[t], metric, inputs.n_seeds)
+                ax.legend(handles=handles, loc="best")
+    fig.suptitle(
+        "PT vs FT against seed noise and the shuffled-label control\n" + _band_note(inputs)
+    )
     return fig
 
 
@@ -220,27 +290,20 @@ def similarity_across_models(inputs: PaperInputs) -> Figure:
     for ax, t in zip(axes, inputs.tasks, strict=True):
         if PAPER_DATASET_FOR_TASK.get(t) == "IMDB":
             depth = np.linspace(0, 1, 13)
-            ax.plot(
-                depth,
-                paper_reference_cosine(depth),
-                color="0.45",
-                linestyle="--",
-                linewidth=1.2,
-                label=f"paper: {PAPER_MODEL}, IMDB",
-            )
+            label = f"paper: {PAPER_MODEL}, IMDB"
+            ax.plot(depth, paper_reference_cosine(depth), **REFERENCE_STYLE, label=label)
         for m in inputs.models:
             rs = inputs.run(m, t)
             label = f"{m} (L={rs.n_layers})"
-            ax.plot(
-                rs.depth, rs.sim_mean("cosine"), color=colours[m], marker="o", ms=4, label=label
-            )
-            _band(ax, rs.depth, rs.sim_mean("cosine_lo"), rs.sim_mean("cosine_hi"), colours[m])
+            text_ci = (rs.sim("cosine_lo"), rs.sim("cosine_hi"))
+            style = {"marker": "o", "ms": 4, "label": label}
+            _mean_with_band(ax, rs, rs.depth, rs.sim("cosine"), text_ci, colours[m], **style)
         ax.set_xlabel("relative depth (layer / L)")
         ax.set_title(f"task: {t}")
         ax.set_xlim(-0.02, 1.02)
         ax.legend(loc="lower left")
     axes[0].set_ylabel("token cosine similarity, PT vs FT")
-    fig.suptitle("Similarity across models" + _seed_suffix(inputs))
+    fig.suptitle(f"Similarity across models\n{_band_note(inputs)}")
     return fig
 
 
@@ -333,33 +396,60 @@ def finetune_curves(inputs: PaperInputs) -> Figure:
 # --------------------------------------------------------------------------------------------
 
 
+def _probe_panel(ax: Axes, rs: RunSet, colour: str, majority: float) -> None:
+    """PT and FT probe accuracy per layer (seed means, bands) with the majority class."""
+    x = rs.layers
+    for which, style in (("pt", PT_STYLE), ("ft", FT_STYLE)):
+        col = f"probe_{which}"
+        text_ci = (100 * rs.sim(f"{col}_lo"), 100 * rs.sim(f"{col}_hi"))
+        _mean_with_band(ax, rs, x, 100 * rs.sim(col), text_ci, colour, ms=4, **style)
+    ax.axhline(100 * majority, **BASELINE_STYLE)
+    ax.set_xticks(x)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("probe accuracy (%)")
+    ax.set_title(f"{rs.task} ({rs.model})")
+    ax.legend(
+        handles=[*_pt_ft_handles(), Line2D([], [], **BASELINE_STYLE, label="majority class")],
+        loc="lower right",
+    )
+
+
+def _probe_diff_panel(ax: Axes, rs: RunSet, colour: str) -> None:
+    """FT minus PT probe accuracy: seed mean, the paired text CI (band) and the seed t
+    interval (error bars), beside the shuffled-label control's difference."""
+    x = rs.layers
+    mean, lo, hi = rs.seed_band(100 * rs.sim("probe_diff"))
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    _band(ax, x, 100 * rs.sim_mean("probe_diff_lo"), 100 * rs.sim_mean("probe_diff_hi"), colour)
+    yerr = np.abs(np.stack([mean - lo, hi - mean])) if np.isfinite(lo).any() else None
+    ax.errorbar(x, mean, yerr=yerr, color=colour, capsize=3, **FT_STYLE)
+    ax.plot(x, 100 * rs.shuffled_similarity["probe_diff"], color=colour, **SHUFFLED_STYLE)
+    ax.set_xticks(x)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("FT - PT probe accuracy (pp)")
+    ax.set_title(f"{rs.task} ({rs.model}): paired difference")
+    ax.legend(
+        handles=[
+            Line2D([], [], color=colour, **FT_STYLE, label="FT - PT (bars: seed interval)"),
+            Patch(facecolor=colour, alpha=BAND_ALPHA, label="paired text CI"),
+            Line2D([], [], color=colour, **SHUFFLED_STYLE, label="FT-shuffled - PT (control)"),
+        ],
+        loc="upper left",
+    )
+
+
 def probe_accuracy(inputs: PaperInputs) -> Figure:
-    """Probe accuracy per layer, PT vs FT, per task, with the majority baseline."""
+    """Per task: probe accuracy PT vs FT (top row) and their paired difference (bottom row)."""
     colours = task_colours(inputs.tasks)
     n_m, n_t = len(inputs.models), len(inputs.tasks)
     fig = new_figure(figure_size("probe_accuracy", n_m, n_t))
-    axes = fig.subplots(n_m, n_t, squeeze=False)
+    axes = fig.subplots(2 * n_m, n_t, squeeze=False)
     for i, m in enumerate(inputs.models):
         for j, t in enumerate(inputs.tasks):
-            ax, rs, c = axes[i][j], inputs.run(m, t), colours[t]
-            x = rs.layers
-            for which, style in (("pt", PT_STYLE), ("ft", FT_STYLE)):
-                col = f"probe_{which}"
-                ax.plot(x, 100 * rs.sim_mean(col), color=c, ms=4, **style)
-                _band(ax, x, 100 * rs.sim_mean(f"{col}_lo"), 100 * rs.sim_mean(f"{col}_hi"), c)
-            ax.axhline(100 * inputs.majority_analysis(t), **BASELINE_STYLE)
-            ax.set_xticks(x)
-            ax.set_xlabel("layer (0 = embeddings)")
-            ax.set_ylabel("probe accuracy (%)")
-            ax.set_title(f"{t} ({m}), bands: {_ci_label(rs)}")
-            ax.legend(
-                handles=[
-                    *_pt_ft_handles(),
-                    Line2D([], [], **BASELINE_STYLE, label="majority class"),
-                ],
-                loc="lower right",
-            )
-    fig.suptitle("What a linear probe reads from each layer" + _seed_suffix(inputs))
+            rs = inputs.run(m, t)
+            _probe_panel(axes[2 * i][j], rs, colours[t], inputs.majority_analysis(t))
+            _probe_diff_panel(axes[2 * i + 1][j], rs, colours[t])
+    fig.suptitle(f"What a linear probe reads from each layer\n{_band_note(inputs)}")
     return fig
 
 
@@ -489,7 +579,58 @@ def feature_evolution(inputs: PaperInputs) -> Figure:
 
 
 # --------------------------------------------------------------------------------------------
-# 7. token maps
+# 7. layer reset
+# --------------------------------------------------------------------------------------------
+
+
+def _reset_panel(ax: Axes, rs: RunSet, colour: str) -> None:
+    """Accuracy vs blocks reset, bottom-up and top-down, with the FT and majority lines."""
+    for direction, style in RESET_STYLES.items():
+        acc = 100 * rs.reset_values(direction, "accuracy")
+        k = np.arange(acc.shape[1])
+        text_ci = (
+            100 * rs.reset_values(direction, "accuracy_lo"),
+            100 * rs.reset_values(direction, "accuracy_hi"),
+        )
+        _mean_with_band(ax, rs, k, acc, text_ci, colour, **style)
+        ax.set_xticks(k)
+    ax.axhline(100 * rs.reset_stat("ft/accuracy").mean, **FT_REFERENCE_STYLE)
+    ax.axhline(100 * rs.reset_stat("data/majority_accuracy").mean, **BASELINE_STYLE)
+    ax.set_xlabel("k = encoder blocks reset to PT")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{rs.task} ({rs.model})")
+    ax.legend(
+        handles=[
+            *(
+                Line2D([], [], color=colour, **style, label=label)
+                for (style, label) in zip(
+                    RESET_STYLES.values(),
+                    ("bottom-up: blocks 1..k", "top-down: top k blocks"),
+                    strict=True,
+                )
+            ),
+            Line2D([], [], **FT_REFERENCE_STYLE, label="FT (nothing reset)"),
+            Line2D([], [], **BASELINE_STYLE, label="majority class"),
+        ],
+        loc="best",
+    )
+
+
+def layer_reset(inputs: PaperInputs) -> Figure:
+    """Per task: the FT classifier's accuracy as blocks are reset to PT, both directions."""
+    colours = task_colours(inputs.tasks)
+    n_m, n_t = len(inputs.models), len(inputs.tasks)
+    fig = new_figure(figure_size("layer_reset", n_m, n_t))
+    axes = fig.subplots(n_m, n_t, squeeze=False)
+    for i, m in enumerate(inputs.models):
+        for j, t in enumerate(inputs.tasks):
+            _reset_panel(axes[i][j], inputs.run(m, t), colours[t])
+    fig.suptitle(f"Where the task lives: resetting blocks to PT\n{_band_note(inputs)}")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 8. token maps
 # --------------------------------------------------------------------------------------------
 
 
@@ -544,6 +685,7 @@ def draw_figures(
         ("similarity_across_models", similarity_across_models),
         ("finetune_curves", finetune_curves),
         ("probe_accuracy", probe_accuracy),
+        ("layer_reset", layer_reset),
         ("sae_quality", sae_quality),
         ("feature_evolution", feature_evolution),
     ]

@@ -6,6 +6,11 @@ fails before anything is drawn, naming what to run. :func:`load_inputs` reads th
 columns and keys so a stale format fails with the file named rather than as a ``KeyError`` deep
 inside a plot. The column and key sets come from :mod:`layerwise.schema`, which the writing
 stages use too, so reader and writers cannot drift apart without a test noticing.
+
+Besides the seed runs it reads the controls the claims are judged against: the shuffled-label
+fine-tune (its similarity.csv and val accuracy), the FT-vs-FT seed floor and every seed's
+layer-reset curves. Per-layer numbers are summarised over seeds as a :class:`Stat` (mean and a
+Student t interval over seeds), because the seeds, not the texts, are what a rerun would change.
 """
 
 from __future__ import annotations
@@ -28,15 +33,23 @@ from layerwise.schema import (
     FEATURE_LAYER_COLUMNS,
     FINETUNE_CURVE_COLUMNS,
     FINETUNE_KEYS,
+    RESET_COLUMNS,
     SAE_METRIC_KEYS,
+    SEED_FLOOR_COLUMNS,
     SIMILARITY_COLUMNS,
     run_item,
     unit_name,
 )
+from layerwise.similarity.intervals import t_interval
 
 logger = logging.getLogger(__name__)
 
-PER_SEED_FILES = ("sim", "sim_json", "ft", "curve", "sae", "features")
+SHUFFLED = "shuffled"
+"""The shuffled-label control run (``layerwise.schema.CONTROLS``)."""
+RESET_DIRECTIONS = ("bottom_up", "top_down")
+"""The reset.csv directions: blocks 1..k, or the top k blocks."""
+
+PER_SEED_FILES = ("sim", "sim_json", "ft", "curve", "sae", "features", "reset", "reset_json")
 """What :func:`load_inputs` reads per (model, task, seed), in :class:`RunSet` field order."""
 
 
@@ -62,8 +75,21 @@ def required_inputs(params: Params, paths: Paths) -> list[Input]:
                     Input(paths.similarity_json(m, t, s), f"compare@{item}"),
                     Input(paths.sae_metrics(m, t, s), f"sae@{item}"),
                     Input(paths.features_json(m, t, s), f"features@{item}"),
+                    Input(paths.reset_csv(m, t, s), f"reset@{item}"),
+                    Input(paths.reset_json(m, t, s), f"reset@{item}"),
                 ]
+            out += _control_inputs(paths, m, t)
     return out
+
+
+def _control_inputs(paths: Paths, m: str, t: str) -> list[Input]:
+    """The per-(model, task) controls: shuffled-label fine-tune and compare, seed floor."""
+    item = f"{m}-{t}"
+    return [
+        Input(paths.finetune_metrics(m, t, SHUFFLED), f"finetune_shuffled@{item}"),
+        Input(paths.similarity_csv(m, t, SHUFFLED), f"compare_shuffled@{item}"),
+        Input(paths.seed_floor_csv(m, t), f"seed_floor@{item}"),
+    ]
 
 
 def check_inputs(params: Params, paths: Paths, max_listed: int = 20) -> None:
@@ -120,20 +146,39 @@ def _require_keys(data: dict[str, Any], keys: Iterable[str], path: Path, made_by
 
 @dataclass(frozen=True)
 class Stat:
-    """A number across seeds: mean, sample standard deviation (NaN for one seed) and count."""
+    """A number across seeds: mean, sample standard deviation and count, and the Student t
+    interval of the mean over seeds (``lo``, ``hi``; NaN with one seed, where there is no
+    spread to estimate). Non-finite values (a seed without the number) are left out."""
 
     mean: float
     std: float
     n: int
+    lo: float = math.nan
+    hi: float = math.nan
 
     @classmethod
-    def of(cls, values: Iterable[float]) -> Stat:
+    def of(cls, values: Iterable[float], confidence: float = 0.95) -> Stat:
         arr = np.asarray([float(v) for v in values], dtype=float)
         arr = arr[np.isfinite(arr)]
         if arr.size == 0:
             return cls(math.nan, math.nan, 0)
         std = float(arr.std(ddof=1)) if arr.size > 1 else math.nan
-        return cls(float(arr.mean()), std, int(arr.size))
+        mean, lo, hi = t_interval(arr, confidence)
+        return cls(mean, std, int(arr.size), lo, hi)
+
+    @property
+    def excludes_zero_above(self) -> bool:
+        """The seed interval lies above 0 (False with one seed: no interval, no evidence)."""
+        return bool(self.lo > 0)
+
+    def ci_text(self, digits: int = 3, scale: float = 1.0) -> str:
+        """``0.912 [0.880, 0.944]`` (seed interval), ``0.912`` for one seed, ``n/a`` for none."""
+        if not math.isfinite(self.mean):
+            return "n/a"
+        out = f"{self.mean * scale:.{digits}f}"
+        if math.isfinite(self.lo):
+            out += f" [{self.lo * scale:.{digits}f}, {self.hi * scale:.{digits}f}]"
+        return out
 
     def text(self, digits: int = 3, scale: float = 1.0, pm: str = " ± ") -> str:
         """``0.912`` for one seed, ``0.912 ± 0.010`` for several, ``n/a`` when no value."""
@@ -159,6 +204,16 @@ class RunSet:
     curves: list[dict[str, np.ndarray]]
     sae: list[dict[str, Any]]
     features: list[dict[str, Any]]
+    reset: list[dict[str, dict[str, np.ndarray]]]
+    """Per seed: direction (``bottom_up`` / ``top_down``) -> reset.csv columns, by ascending k."""
+    reset_summary: list[dict[str, Any]]
+    """Per seed: reset.json (FT and majority accuracy, each direction's midpoint)."""
+    shuffled_similarity: dict[str, np.ndarray]
+    """similarity.csv of the shuffled-label control (PT vs FT-shuffled; one run)."""
+    shuffled_finetune: dict[str, Any]
+    """The shuffled-label fine-tune's metrics (its val accuracy must sit at chance)."""
+    seed_floor: dict[str, np.ndarray]
+    """seed_floor.csv: FT-vs-FT similarity over seed pairs per layer (NaN with one seed)."""
 
     @property
     def layers(self) -> np.ndarray:
@@ -185,19 +240,35 @@ class RunSet:
         return self.sim(column).mean(axis=0)
 
     def sim_stat(self, column: str, layer_index: int) -> Stat:
-        return Stat.of(self.sim(column)[:, layer_index])
+        """One similarity.csv cell across seeds, with its seed interval."""
+        return Stat.of(self.sim(column)[:, layer_index], self.confidence)
+
+    def seed_band(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per column of ``[n_seeds, n]`` values: seed mean and t interval (NaN bounds with one
+        seed), for curves drawn with a seed-level band."""
+        stats = [Stat.of(values[:, i], self.confidence) for i in range(values.shape[1])]
+        return tuple(np.array([getattr(s, k) for s in stats]) for k in ("mean", "lo", "hi"))
+
+    def reset_values(self, direction: str, column: str) -> np.ndarray:
+        """``[n_seeds, L + 1]`` values of one reset.csv column for k = 0..L in ``direction``."""
+        return np.stack([r[direction][column] for r in self.reset])
+
+    def reset_stat(self, key: str) -> Stat:
+        """One reset.json number (e.g. ``top_down/midpoint_depth``) across seeds."""
+        return Stat.of((r.get(key, math.nan) for r in self.reset_summary), self.confidence)
 
     def feature_rows(self, seed_index: int) -> dict[int, dict[str, float]]:
         return {int(r["layer"]): r for r in self.features[seed_index]["layers"]}
 
     def feature_stat(self, column: str, layer: int) -> Stat:
-        return Stat.of(self.feature_rows(i)[layer][column] for i in range(len(self.seeds)))
+        values = (self.feature_rows(i)[layer][column] for i in range(len(self.seeds)))
+        return Stat.of(values, self.confidence)
 
     def finetune_stat(self, key: str) -> Stat:
-        return Stat.of(m.get(key, math.nan) for m in self.finetune)
+        return Stat.of((m.get(key, math.nan) for m in self.finetune), self.confidence)
 
     def sae_stat(self, key: str) -> Stat:
-        return Stat.of(m.get(key, math.nan) for m in self.sae)
+        return Stat.of((m.get(key, math.nan) for m in self.sae), self.confidence)
 
 
 @dataclass
@@ -267,6 +338,28 @@ def _read_similarity(path: Path, model: str, sae_layers: list[int]) -> dict[str,
     return sim
 
 
+def _read_reset(path: Path, made_by: str) -> dict[str, dict[str, np.ndarray]]:
+    """reset.csv as direction -> numeric columns sorted by k; each direction must run k = 0..L
+    (the ``direction`` and ``blocks`` columns are text, so :func:`read_csv_columns` cannot)."""
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in RESET_COLUMNS if c not in (reader.fieldnames or [])]
+        rows = list(reader)
+    if missing:
+        raise StaleInputError(f"{path}: missing column(s) {missing}; rerun {made_by}")
+    numeric = [c for c in RESET_COLUMNS if c not in ("direction", "blocks")]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for direction in RESET_DIRECTIONS:
+        picked = sorted((r for r in rows if r["direction"] == direction), key=lambda r: int(r["k"]))
+        if not picked or [int(r["k"]) for r in picked] != list(range(len(picked))):
+            raise StaleInputError(f"{path}: {direction} rows must run k = 0..L; rerun {made_by}")
+        try:
+            out[direction] = {c: np.array([_float(r[c]) for r in picked]) for c in numeric}
+        except ValueError as exc:
+            raise StaleInputError(f"{path}: non-numeric cell ({exc}); rerun {made_by}") from exc
+    return out
+
+
 def _load_seed(paths: Paths, m: str, t: str, s: int, sae_layers: list[int]) -> dict[str, Any]:
     """One (model, task, seed)'s files, keyed as :data:`PER_SEED_FILES`, each checked."""
     item = run_item(m, t, s)
@@ -287,7 +380,31 @@ def _load_seed(paths: Paths, m: str, t: str, s: int, sae_layers: list[int]) -> d
         "curve": read_csv_columns(paths.finetune_curve(m, t, s), FINETUNE_CURVE_COLUMNS),
         "sae": sae,
         "features": feats,
+        "reset": _read_reset(paths.reset_csv(m, t, s), f"reset@{item}"),
+        "reset_json": _read_json(paths.reset_json(m, t, s)),
     }
+
+
+def _load_controls(
+    paths: Paths, m: str, t: str, sae_layers: list[int], layers: np.ndarray
+) -> dict[str, Any]:
+    """The shuffled-label control and the seed floor, on the seed runs' layers."""
+    item = f"{m}-{t}"
+    shuffled = _read_similarity(paths.similarity_csv(m, t, SHUFFLED), m, sae_layers)
+    floor = read_csv_columns(paths.seed_floor_csv(m, t), SEED_FLOOR_COLUMNS)
+    for what, cols, made_by in (
+        ("similarity.csv", shuffled, f"compare_shuffled@{item}"),
+        ("seed_floor.csv", floor, f"seed_floor@{item}"),
+    ):
+        if tuple(cols["layer"].astype(int)) != tuple(layers):
+            raise StaleInputError(
+                f"{m}/{t}: the control's {what} has other layers than the seed runs; "
+                f"rerun {made_by} (`dvc repro {made_by}`)"
+            )
+    ft_path = paths.finetune_metrics(m, t, SHUFFLED)
+    shuffled_ft = _read_json(ft_path)
+    _require_keys(shuffled_ft, FINETUNE_KEYS, ft_path, f"finetune_shuffled@{item}")
+    return {"shuffled_similarity": shuffled, "shuffled_finetune": shuffled_ft, "seed_floor": floor}
 
 
 def _load_run_set(params: Params, paths: Paths, m: str, t: str) -> RunSet:
@@ -308,6 +425,9 @@ def _load_run_set(params: Params, paths: Paths, m: str, t: str) -> RunSet:
         curves=files["curve"],
         sae=files["sae"],
         features=files["features"],
+        reset=files["reset"],
+        reset_summary=files["reset_json"],
+        **_load_controls(paths, m, t, sae_layers, per_seed[0]["sim"]["layer"].astype(int)),
     )
 
 

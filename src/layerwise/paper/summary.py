@@ -1,5 +1,6 @@
 """``paper/summary.md``: what ran, the substitution of our offline datasets and model for the
-paper's, the claims with their rules and numbers, the figures, the tables and the MLflow runs.
+paper's, the claims with their rules, controls, effect sizes and what the data do not support,
+the figures, the tables and the MLflow runs.
 
 It is the one place a reader learns what a run was and whether the paper's claims held, so it
 is also where provenance (git commit, run ids) goes: files whose DVC hash matters never hold it.
@@ -45,8 +46,8 @@ def _what_ran(inputs: PaperInputs, commit: str, paper_run_id: str | None) -> lis
         + (f"; this paper run: `{paper_run_id}`" if paper_run_id else ""),
         f"- seeds: {inputs.seeds}"
         + (
-            " (figures show the mean across seeds; CI bands are the mean of the per-seed CI "
-            "bounds; table numbers are mean ± std)"
+            " (figures show the mean across seeds with a t interval over seeds as the band; "
+            "table numbers are mean ± std, or mean [seed t interval] where a column says so)"
             if inputs.n_seeds > 1
             else ""
         ),
@@ -102,29 +103,63 @@ def _substitution(inputs: PaperInputs) -> list[str]:
     return lines
 
 
-def _claims(results: Sequence[C.ClaimResult], rho: float) -> list[str]:
-    """The rules verbatim, one row per verdict, and the tally."""
+def _claims(results: Sequence[C.ClaimResult], inputs: PaperInputs) -> list[str]:
+    """The rules verbatim, one row per verdict with its control and effect sizes, the tally,
+    and plainly what the data do not support."""
+    params = inputs.params.paper
+    level = inputs.run(inputs.models[0], inputs.tasks[0]).confidence
     lines = [
         "## Claims",
         "",
-        "Early / middle / late = the first, middle and last of `models.<m>.layers`. "
-        f"Rules (`paper.rho_threshold` = {rho:g}):",
+        "Early / middle / late = the first, middle and last of `models.<m>.layers`; L = the "
+        "model's layers. Numbers are seed means with Student t intervals over the seeds "
+        f"{inputs.seeds}. Thresholds are `paper:` params (`reset_small` = "
+        f"{params.reset_small:g}, `reset_large` = {params.reset_large:g}, middle of the network "
+        f"= [{params.middle_lo:.3g}, {params.middle_hi:.3g}]). Rules:",
         "",
     ]
-    for claim, rule in C.rules(rho).items():
-        lines.append(f"- **{claim}** ({C.CLAIMS[claim]}): {rule}")
-    lines += ["", "| model | task | claim | verdict | numbers |", "|:---|:---|:---|:---|:---|"]
+    for claim, rule in C.rules(params, level).items():
+        title, control = C.CLAIMS[claim], C.CONTROLS[claim]
+        lines.append(f"- **{claim}** ({title}; compared with: {control}): {rule}")
+    lines += [
+        "",
+        C.NOT_EVALUABLE,
+        "",
+        "| model | task | claim | verdict | compared with | effect sizes [seed CI] | numbers |",
+        "|:---|:---|:---|:---|:---|:---|:---|",
+    ]
     for r in results:
         lines.append(
             f"| `{r.model}` | `{r.task}` | {r.claim} {_md_cell(r.title)} | **{r.verdict}** | "
-            f"{_md_cell(r.evidence)} |"
+            f"{_md_cell(r.control)} | {_md_cell(r.effect_text())} | {_md_cell(r.evidence)} |"
         )
     counts = C.tally(results)
     lines += [
         "",
         f"Of {len(results)} verdicts: {counts[C.HOLDS]} hold, {counts[C.PARTLY]} partly, "
         f"{counts[C.FAILS]} do not hold.",
+        "",
+        *_not_supported(results),
     ]
+    return lines
+
+
+def _not_supported(results: Sequence[C.ClaimResult]) -> list[str]:
+    """Every verdict short of ``holds``, named, with the checks that failed; and C3's caveat."""
+    lines = ["What the data do not support:", ""]
+    for r in results:
+        if r.verdict == C.HOLDS:
+            continue
+        failed = ", ".join(name for name, ok in r.checks.items() if not ok)
+        lines.append(
+            f"- {r.claim} on `{r.model}`/`{r.task}` ({r.verdict}): failed check(s) {failed}."
+        )
+    if len(lines) == 2:
+        lines.append("- every C1, C2 and C3 verdict holds on these data.")
+    lines.append(
+        "- C3 in any case: its selectivity and overlap (MMCS) numbers are not yet calibrated "
+        "against chance or seeds, so even a C3 that holds is not evidence for the claim."
+    )
     return lines
 
 
@@ -182,7 +217,7 @@ def summary_markdown(
         _intro(),
         _what_ran(inputs, commit, paper_run_id),
         _substitution(inputs),
-        _claims(results, inputs.params.paper.rho_threshold),
+        _claims(results, inputs),
         _figures(figures, missing_figures),
         _tables(tables),
         _mlflow_runs(inputs, run_ids),

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from layerwise.paper.claims import ClaimResult
-from layerwise.paper.inputs import PaperInputs, Stat
+from layerwise.paper.claims import ClaimResult, reset_k
+from layerwise.paper.inputs import PaperInputs, RunSet, Stat
 from layerwise.paper.reference import (
     PAPER_DATASET_FOR_TASK,
     PAPER_MODEL,
@@ -36,7 +36,9 @@ DASH = "—"
 @dataclass(frozen=True)
 class Column:
     """How one column is written. ``scale`` applies to Markdown/LaTeX only (CSV keeps the raw
-    value, e.g. accuracies as fractions); ``ci`` cells also have ``<key>_lo``/``<key>_hi``."""
+    value, e.g. accuracies as fractions); ``ci`` cells also have ``<key>_lo``/``<key>_hi``
+    (a within-seed interval, e.g. the text bootstrap); ``seed_ci`` cells show their
+    :class:`Stat`'s t interval over seeds (CSV: ``<key>_seed_lo``/``<key>_seed_hi``)."""
 
     key: str
     header: str
@@ -44,6 +46,7 @@ class Column:
     scale: float = 1.0
     ci: bool = False
     align: Literal["l", "r"] = "r"
+    seed_ci: bool = False
 
 
 @dataclass
@@ -66,6 +69,8 @@ class Table:
             header.append(col.key)
             if self.multi_seed and self._numeric(col):
                 header.append(f"{col.key}_std")
+            if col.seed_ci:
+                header += [f"{col.key}_seed_lo", f"{col.key}_seed_hi"]
             if col.ci:
                 header += [f"{col.key}_lo", f"{col.key}_hi"]
         return header
@@ -82,6 +87,9 @@ class Table:
                 cells.append(_csv_value(value))
                 if self.multi_seed and self._numeric(col):
                     cells.append(_csv_value(value.std if isinstance(value, Stat) else None))
+                if col.seed_ci:
+                    seed = value if isinstance(value, Stat) else Stat.of([])
+                    cells += [_csv_value(seed.lo), _csv_value(seed.hi)]
                 if col.ci:
                     cells += [
                         _csv_value(row.get(f"{col.key}_lo")),
@@ -101,13 +109,16 @@ class Table:
     def display(self, row: dict[str, Cell], col: Column, latex: bool) -> str:
         pm = r" $\pm$ " if latex else " ± "
         value = row.get(col.key)
-        text = _display(value, col, pm)
+        if col.seed_ci and isinstance(value, Stat):
+            text = value.ci_text(col.digits, col.scale)
+        else:
+            text = _display(value, col, pm)
         if latex and not isinstance(value, Stat | float | int):
             text = latex_escape(text)
         if col.ci and text not in ("n/a", DASH, "--"):
             lo = _display(row.get(f"{col.key}_lo"), col, pm, with_std=False)
             hi = _display(row.get(f"{col.key}_hi"), col, pm, with_std=False)
-            text += f" [{lo}, {hi}]"
+            text += f"; text [{lo}, {hi}]" if col.seed_ci else f" [{lo}, {hi}]"
         return text
 
     def to_markdown(self) -> str:
@@ -219,9 +230,18 @@ def write_tables(tables: Sequence[Table], out_dir: Path) -> list[Path]:
 
 
 def _seed_note(inputs: PaperInputs) -> str:
+    """How to read a table's numbers: seeds, and which spread a cell shows."""
     if inputs.n_seeds > 1:
-        return f" Numbers are mean ± std across {inputs.n_seeds} seeds {inputs.seeds}."
-    return f" One seed ({inputs.seeds[0]})."
+        return (
+            f" Numbers are means across {inputs.n_seeds} seeds {inputs.seeds}: ± std, or "
+            f"[{round(100 * _confidence(inputs))}% t interval over seeds] in reset and "
+            "[seed CI] columns."
+        )
+    return f" One seed ({inputs.seeds[0]}): no seed interval."
+
+
+def _confidence(inputs: PaperInputs) -> float:
+    return inputs.run(inputs.models[0], inputs.tasks[0]).confidence
 
 
 def finetune_accuracy_table(inputs: PaperInputs) -> Table:
@@ -234,6 +254,7 @@ def finetune_accuracy_table(inputs: PaperInputs) -> Table:
         Column("data", "data used", align="l"),
         Column("paper_dataset", "stands for", align="l"),
         Column("majority", "majority (%)", **pct),
+        Column("shuffled_acc", "shuffled-label FT acc (%)", **pct),
         Column("pt_head_acc", "PT head acc (%)", **pct),
         Column("pt_head_f1", "PT head F1 (%)", **pct),
         Column("pt_probe_acc", "PT probe acc (%)", **pct),
@@ -258,6 +279,7 @@ def finetune_accuracy_table(inputs: PaperInputs) -> Table:
                     "data": inputs.params.task(t).description or t,
                     "paper_dataset": paper,
                     "majority": rs.finetune_stat("data/majority_accuracy"),
+                    "shuffled_acc": Stat.of([rs.shuffled_finetune["ft/accuracy"]]),
                     "pt_head_acc": rs.finetune_stat("pt_head/accuracy"),
                     "pt_head_f1": rs.finetune_stat("pt_head/macro_f1"),
                     "pt_probe_acc": rs.finetune_stat("pt_probe/accuracy"),
@@ -272,23 +294,53 @@ def finetune_accuracy_table(inputs: PaperInputs) -> Table:
     caption = (
         "Validation accuracy and macro-F1: the pre-trained model with a fresh head (PT head), a "
         "logistic-regression probe on the frozen PT encoder (PT probe) and the fine-tuned model "
-        f"(FT), beside the paper's reported accuracy ({PAPER_MODEL}) on the dataset each of our "
+        "(FT), and the shuffled-label control (same texts and hyperparameters, train labels "
+        "permuted: it must sit at the majority class beside it), beside the paper's reported "
+        f"accuracy ({PAPER_MODEL}) on the dataset each of our "
         "tasks stands for. Our data are substitutes, so the paper columns are a reference, not "
         "a target." + _seed_note(inputs)
     )
     return Table("finetune_accuracy", caption, columns, rows)
 
 
+def _similarity_row(rs: RunSet, i: int, ref: float) -> dict[str, Cell]:
+    """One layer: PT-FT metrics (seed stats, text CIs), the controls and the probe difference."""
+    row: dict[str, Cell] = {
+        "model": rs.model,
+        "task": rs.task,
+        "layer": int(rs.layers[i]),
+        "depth": float(rs.depth[i]),
+        "paper_cosine": round(ref, 4),
+    }
+    for metric in ("cosine", "cka", "probe_diff"):
+        row[metric] = rs.sim_stat(metric, i)
+        row[f"{metric}_lo"] = float(rs.sim(f"{metric}_lo")[:, i].mean())
+        row[f"{metric}_hi"] = float(rs.sim(f"{metric}_hi")[:, i].mean())
+    for metric in ("cosine", "cka"):
+        row[f"floor_{metric}"] = float(rs.seed_floor[f"{metric}_mean"][i])
+        row[f"floor_{metric}_lo"] = float(rs.seed_floor[f"{metric}_min"][i])
+        row[f"floor_{metric}_hi"] = float(rs.seed_floor[f"{metric}_max"][i])
+        row[f"shuffled_{metric}"] = float(rs.shuffled_similarity[metric][i])
+    return row
+
+
 def layer_similarity_table(inputs: PaperInputs) -> Table:
-    """Per layer: token cosine and linear CKA with CIs, and the paper's bert-base IMDB cosine at
-    the same relative depth."""
+    """Per layer: PT-FT cosine and CKA (seed mean, seed t interval, text CI) beside the seed
+    floor and the shuffled-label control, the paired probe difference, and the paper's
+    bert-base IMDB cosine at the same relative depth."""
+    pp = {"digits": 1, "scale": 100.0, "ci": True, "seed_ci": True}
     columns = [
         Column("model", "model", align="l"),
         Column("task", "task", align="l"),
         Column("layer", "layer"),
         Column("depth", "depth (layer/L)", digits=2),
-        Column("cosine", "cosine [CI]", ci=True),
-        Column("cka", "CKA [CI]", ci=True),
+        Column("cosine", "PT-FT cosine [seed CI]; text CI", ci=True, seed_ci=True),
+        Column("floor_cosine", "FT-FT cosine, mean [min, max] over seed pairs", ci=True),
+        Column("shuffled_cosine", "PT-FT-shuffled cosine"),
+        Column("cka", "PT-FT CKA [seed CI]; text CI", ci=True, seed_ci=True),
+        Column("floor_cka", "FT-FT CKA, mean [min, max]", ci=True),
+        Column("shuffled_cka", "PT-FT-shuffled CKA"),
+        Column("probe_diff", "probe FT-PT (pp) [seed CI]; paired text CI", **pp),
         Column("paper_cosine", f"paper cosine ({PAPER_MODEL}, IMDB)"),
     ]
     rows = []
@@ -296,29 +348,70 @@ def layer_similarity_table(inputs: PaperInputs) -> Table:
         for t in inputs.tasks:
             rs = inputs.run(m, t)
             ref = paper_reference_cosine(rs.depth)
-            for i, layer in enumerate(rs.layers):
-                row: dict[str, Cell] = {
-                    "model": m,
-                    "task": t,
-                    "layer": int(layer),
-                    "depth": float(rs.depth[i]),
-                    "paper_cosine": round(float(ref[i]), 4),
-                }
-                for metric in ("cosine", "cka"):
-                    row[metric] = rs.sim_stat(metric, i)
-                    row[f"{metric}_lo"] = float(rs.sim(f"{metric}_lo")[:, i].mean())
-                    row[f"{metric}_hi"] = float(rs.sim(f"{metric}_hi")[:, i].mean())
-                rows.append(row)
+            rows += [_similarity_row(rs, i, float(ref[i])) for i in range(rs.layers.size)]
     level = round(100 * inputs.run(inputs.models[0], inputs.tasks[0]).confidence)
     caption = (
-        f"PT-vs-FT similarity per layer (0 = embeddings) with {level}% CIs (cosine: bootstrap "
-        "over texts; CKA: block jackknife). The last column is the paper's reported cosine for "
-        f"{PAPER_MODEL} on IMDB, linearly interpolated at the same relative depth "
-        "(layer/L vs k/12)."
-        + _seed_note(inputs)
-        + (" CI bounds are means of the per-seed bounds." if inputs.n_seeds > 1 else "")
+        f"Similarity per layer (0 = embeddings). PT-FT: seed mean with the {level}% t interval "
+        "over seeds (none with one seed), then the mean of the per-seed text CIs (cosine: "
+        "bootstrap over texts; CKA: block jackknife). Controls: FT-FT similarity between "
+        "fine-tunes of different seeds (mean, [min, max] over pairs; n/a with one seed) and PT "
+        "vs the shuffled-label fine-tune. Probe FT-PT: paired difference of probe accuracy in "
+        "percentage points with its paired bootstrap CI. The last column is the paper's "
+        f"reported cosine for {PAPER_MODEL} on IMDB, linearly interpolated at the same relative "
+        "depth (layer/L vs k/12)." + _seed_note(inputs)
     )
     return Table("layer_similarity", caption, columns, rows)
+
+
+def _reset_row(rs: RunSet, direction: str) -> dict[str, Cell]:
+    """One reset direction of one (model, task): FT accuracy, midpoint, what k blocks cost."""
+    k = reset_k(rs.sae_layers, rs.n_layers)
+    midpoint = rs.reset_stat(f"{direction}/midpoint")
+    return {
+        "model": rs.model,
+        "task": rs.task,
+        "direction": direction,
+        "ft_acc": rs.reset_stat("ft/accuracy"),
+        "majority": rs.reset_stat("data/majority_accuracy"),
+        "midpoint": midpoint,
+        "midpoint_depth": rs.reset_stat(f"{direction}/midpoint_depth"),
+        "n_midpoints": f"{midpoint.n}/{len(rs.seeds)}",
+        "k": k,
+        "lost_k": Stat.of(rs.reset_values(direction, "lost_gain")[:, k], rs.confidence),
+        "acc_all": Stat.of(rs.reset_values(direction, "accuracy")[:, -1], rs.confidence),
+    }
+
+
+def reset_table(inputs: PaperInputs) -> Table:
+    """Per (model, task, direction): where resetting blocks to PT loses half the gain."""
+    pct = {"digits": 1, "scale": 100.0, "seed_ci": True}
+    columns = [
+        Column("model", "model", align="l"),
+        Column("task", "task", align="l"),
+        Column("direction", "direction", align="l"),
+        Column("ft_acc", "FT acc (%)", **pct),
+        Column("majority", "majority (%)", **pct),
+        Column("midpoint", "midpoint k [seed CI]", digits=2, seed_ci=True),
+        Column("midpoint_depth", "midpoint k/L [seed CI]", digits=2, seed_ci=True),
+        Column("n_midpoints", "seeds with a midpoint", align="l"),
+        Column("k", "k (early SAE layer)"),
+        Column("lost_k", "gain lost at k (%)", **pct),
+        Column("acc_all", "acc, all blocks reset (%)", **pct),
+    ]
+    rows = [
+        _reset_row(inputs.run(m, t), d)
+        for m in inputs.models
+        for t in inputs.tasks
+        for d in ("bottom_up", "top_down")
+    ]
+    caption = (
+        "Layer reset: the fine-tuned classifier's val accuracy with encoder blocks reset to "
+        "their pre-trained weights, bottom-up (blocks 1..k) or top-down (the top k blocks). "
+        "Midpoint: the smallest k that loses half of fine-tuning's gain over the majority "
+        "class (seeds without one are left out of its mean). Gain lost at k: k = the early "
+        "SAE layer, the comparison C1 makes." + _seed_note(inputs)
+    )
+    return Table("layer_reset", caption, columns, rows)
 
 
 def sae_metrics_table(inputs: PaperInputs) -> Table:
@@ -407,7 +500,8 @@ def feature_table(inputs: PaperInputs, n_top: int = 3) -> Table:
     caption = (
         "Top-variance SAE features per layer, pre-trained (PT) vs fine-tuned (FT): the tokens "
         "they fire on most, the majority label of their top-activating texts and their label "
-        "selectivity (best one-vs-rest ROC AUC; 0.5 = none)."
+        "selectivity (best one-vs-rest ROC AUC; the best of several classes sits above 0.5 "
+        "by chance, and this is not yet calibrated)."
         + (
             f" Feature ids are specific to one SAE, so only seed {inputs.seeds[0]} is listed."
             if inputs.n_seeds > 1
@@ -417,14 +511,16 @@ def feature_table(inputs: PaperInputs, n_top: int = 3) -> Table:
     return Table("feature_table", caption, columns, rows)
 
 
-def claims_table(results: Sequence[ClaimResult], rho_threshold: float) -> Table:
-    """The verdicts with the numbers behind them."""
+def claims_table(results: Sequence[ClaimResult]) -> Table:
+    """The verdicts with the control each was judged against and the effect sizes."""
     columns = [
         Column("model", "model", align="l"),
         Column("task", "task", align="l"),
         Column("claim", "claim", align="l"),
         Column("statement", "statement", align="l"),
         Column("verdict", "verdict", align="l"),
+        Column("control", "compared with", align="l"),
+        Column("effects", "effect sizes, seed mean [seed CI]", align="l"),
         Column("evidence", "evidence", align="l"),
     ]
     rows: list[dict[str, Cell]] = [
@@ -434,25 +530,26 @@ def claims_table(results: Sequence[ClaimResult], rho_threshold: float) -> Table:
             "claim": r.claim,
             "statement": r.title,
             "verdict": r.verdict,
+            "control": r.control,
+            "effects": r.effect_text(),
             "evidence": r.evidence,
         }
         for r in results
     ]
     caption = (
-        "The paper's three claims checked per (model, task) by the rules in paper/summary.md "
-        f"(rho threshold {rho_threshold:g})."
+        "The paper's three claims checked per (model, task) by the rules in paper/summary.md, "
+        "each against its control, with effect sizes and their t intervals over seeds."
     )
     return Table("claims", caption, columns, rows)
 
 
-def build_tables(
-    inputs: PaperInputs, results: Sequence[ClaimResult], rho_threshold: float
-) -> list[Table]:
+def build_tables(inputs: PaperInputs, results: Sequence[ClaimResult]) -> list[Table]:
     """Every paper table, in the order summary.md lists them."""
     return [
         finetune_accuracy_table(inputs),
         layer_similarity_table(inputs),
+        reset_table(inputs),
         sae_metrics_table(inputs),
         feature_table(inputs),
-        claims_table(results, rho_threshold),
+        claims_table(results),
     ]

@@ -69,7 +69,7 @@ def run(args: StageArgs) -> dict:
     """The stage's work for parsed ``args``; returns what its DVC metrics file holds."""
     p, paths = args.params, Paths(args.root)
     model_def = p.model(args.model)
-    ft_dir = io.require(paths.finetuned(*args.key), f"finetune@{args.item}")
+    ft_dir = io.require(paths.finetuned(*args.key), args.stage_name("finetune"))
     pt_config, ft_config = load_config(model_def.source), load_config(str(ft_dir))
     check_layers(model_def.layers, pt_config, f"models.{args.model}.layers")
     pt_tok, ft_tok = load_tokenizer(model_def.source), load_tokenizer(str(ft_dir))
@@ -133,7 +133,7 @@ def _write_outputs(
     tracked.log_metrics(summary)
     for row in result.layers:
         tracked.log_metrics(
-            {k: row[k] for k in ("cosine", "cka", "probe_pt", "probe_ft")},
+            {k: row[k] for k in ("cosine", "cka", "probe_pt", "probe_ft", "probe_diff")},
             step=row["layer"],
         )
     tracked.log_artifact(csv_path, "similarity", name="similarity.csv")
@@ -143,7 +143,8 @@ def _write_outputs(
 def _log_rows(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         logger.info(
-            "layer %d: cosine %.3f [%.3f, %.3f]  CKA %.3f [%.3f, %.3f]  probe PT %.3f FT %.3f",
+            "layer %d: cosine %.3f [%.3f, %.3f]  CKA %.3f [%.3f, %.3f]  probe PT %.3f FT %.3f "
+            "(FT - PT %+.3f [%+.3f, %+.3f])",
             row["layer"],
             row["cosine"],
             row["cosine_lo"],
@@ -153,6 +154,9 @@ def _log_rows(rows: list[dict[str, Any]]) -> None:
             row["cka_hi"],
             row["probe_pt"],
             row["probe_ft"],
+            row["probe_diff"],
+            row["probe_diff_lo"],
+            row["probe_diff_hi"],
         )
 
 
@@ -245,7 +249,7 @@ def _analysis_pass(
     # torch loads only once the work starts, so parsing and validating stay cheap.
     import torch
 
-    from layerwise.similarity.accumulator import LayerSimilarityAccumulator
+    from layerwise.similarity.accumulator import LayerSimilarityAccumulator, batch_blocks
     from layerwise.similarity.pooling import PositionPool
 
     batches = length_sorted_batches([len(x) for x in ids], params.batch_size)
@@ -256,7 +260,7 @@ def _analysis_pass(
         n_blocks=params.n_blocks,
         device=encoders.device,
         matmul_dtype=torch.float32,
-        block_of=_jackknife_blocks(batches, len(ids), params.n_blocks),
+        block_of=batch_blocks(batches, len(ids), params.n_blocks),
     )
     picked = None
     if pooling != "mean":
@@ -287,19 +291,6 @@ def _analysis_pass(
     return acc, picked, n_tokens
 
 
-def _jackknife_blocks(batches: list[np.ndarray], n_texts: int, n_blocks: int) -> np.ndarray:
-    """Each text's jackknife block: batch ``b`` (length-sorted) goes to block ``b mod n_blocks``.
-
-    So every block spans all text lengths (contiguous text-index blocks would follow the source
-    file's order, e.g. BBC's label folders) and every batch updates one block only (one matmul
-    per product).
-    """
-    block_of = np.zeros(n_texts, dtype=np.int64)
-    for b, idx in enumerate(batches):
-        block_of[idx] = b % n_blocks
-    return block_of
-
-
 def _add_depth_and_probes(
     rows: list[dict[str, Any]],
     acc: LayerSimilarityAccumulator | PositionPool,
@@ -307,24 +298,31 @@ def _add_depth_and_probes(
     params: CompareParams,
     seed: int,
 ) -> None:
-    """Each row's depth and its PT and FT probe accuracies with CIs, in place."""
-    from layerwise.similarity.probes import probe_accuracy
+    """Each row's depth, its PT and FT probe accuracies with CIs and their paired difference
+    (FT minus PT), in place.
 
+    Both probes of a layer get the same ``seed``, so the same outer folds and the same bootstrap
+    draws: the difference is paired text by text.
+    """
+    from layerwise.similarity.probes import paired_difference, probe_accuracy, probe_spec
+
+    spec = probe_spec(params)
+    ci = {"n_boot": params.n_boot, "seed": seed, "confidence": params.confidence}
     for row in rows:
         layer = row["layer"]
         row["depth"] = layer / (len(rows) - 1)
-        for which in ("pt", "ft"):
-            probe = probe_accuracy(
-                acc.pooled(layer, which),
-                labels,
-                folds=params.probe_folds,
-                seed=seed,
-                n_boot=params.n_boot,
-                confidence=params.confidence,
+        probes = {
+            which: probe_accuracy(
+                acc.pooled(layer, which), labels, params.probe_folds, spec=spec, **ci
             )
+            for which in ("pt", "ft")
+        }
+        for which, probe in probes.items():
             row[f"probe_{which}"] = probe.accuracy
             row[f"probe_{which}_lo"] = probe.lo
             row[f"probe_{which}_hi"] = probe.hi
+        diff = paired_difference(probes["pt"], probes["ft"], **ci)
+        row["probe_diff"], row["probe_diff_lo"], row["probe_diff_hi"] = diff.diff, diff.lo, diff.hi
 
 
 def summarise(rows: list[dict[str, Any]], sae_layers: list[int]) -> dict[str, Any]:

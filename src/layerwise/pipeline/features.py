@@ -83,8 +83,8 @@ def run(args: StageArgs) -> dict:
     p, paths = args.params, Paths(args.root)
     model_def = p.model(args.model)
     key = args.key
-    store_root = io.require(paths.activations(*key), f"compare@{args.item}")
-    sae_root = io.require(paths.saes(*key), f"sae@{args.item}")
+    store_root = io.require(paths.activations(*key), args.stage_name("compare"))
+    sae_root = io.require(paths.saes(*key), args.stage_name("sae"))
     analysis = load_splits(paths.prepared(args.task))["analysis"]
     split = AnalysisSplit(
         texts=list(analysis["text"]),

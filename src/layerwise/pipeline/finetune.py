@@ -25,7 +25,7 @@ from layerwise.activations import pooled_last_layer, tokenize_texts
 from layerwise.architectures import layout_of, probe_pooling
 from layerwise.classification import classification_metrics, confusion_counts, majority_accuracy
 from layerwise.cli import StageArgs, prefixed, stage_run
-from layerwise.config import ConfigError, FinetuneParams
+from layerwise.config import CompareParams, ConfigError, FinetuneParams
 from layerwise.data import load_splits
 from layerwise.models import (
     autocast_dtype,
@@ -43,6 +43,7 @@ from layerwise.schema import FINETUNE_CURVE_COLUMNS
 if TYPE_CHECKING:
     from datasets import DatasetDict
 
+    from layerwise.similarity.probes import ProbeSpec
     from layerwise.tracking import StageRun
 
 logger = logging.getLogger("finetune")
@@ -70,13 +71,17 @@ def run(args: StageArgs) -> dict:
     p, paths = args.params, Paths(args.root)
     model_def, task_def = p.model(args.model), p.task(args.task)
     splits = _checked_inputs(args, paths)
+    train_labels, control_metrics = _control_labels(args, splits)
     device = pick_device(p.device)
     used = {
         **prefixed("finetune", p.finetune),
         f"models.{args.model}.source": model_def.source,
         "compare.pooling": p.compare.pooling,
+        "compare.probe_c_grid": p.compare.probe_c_grid,
+        "compare.probe_inner_folds": p.compare.probe_inner_folds,
         "seed": args.seed,
         "device": str(device),
+        **({"control": args.control} if args.control else {}),
     }
     with stage_run("finetune", args, used) as run:
         with io.Staging() as staging, tempfile.TemporaryDirectory() as scratch:
@@ -92,7 +97,10 @@ def run(args: StageArgs) -> dict:
                 on_log=lambda metrics, step: run.log_metrics(metrics, step=step),
                 work_dir=Path(scratch),
                 pooling=p.compare.pooling,
+                probe=_probe_spec(p.compare),
+                train_labels=train_labels,
             )
+            result.metrics.update(control_metrics)
             names = splits["train"].features["label"].names
             stable = _write_outputs(result, names, args, paths, staging, out_dir, run)
         _log_summary(args.item, result.metrics)
@@ -116,6 +124,26 @@ def _checked_inputs(args: StageArgs, paths: Paths) -> DatasetDict:
     if len(set(splits["train"]["label"])) < 2:
         raise ConfigError(f"task {args.task!r}: the train split holds one class only ({names})")
     return splits
+
+
+def _control_labels(args: StageArgs, splits: DatasetDict) -> tuple[np.ndarray | None, dict]:
+    """The labels the classifier trains on when they are not the train split's own, and the
+    metrics that show it.
+
+    The shuffled-label control permutes the train labels (seeded by the data seed ``seed``, so
+    every rerun trains on the same permutation); texts, val labels and every hyperparameter stay
+    those of a seed run, so its val accuracy measures what training without the task reaches.
+    ``control/label_agreement`` (the fraction of train rows whose label survived the
+    permutation) lets a reader check the labels were really shuffled."""
+    if args.control is None:
+        return None, {}
+    if args.control != "shuffled":
+        raise ConfigError(f"finetune has no control {args.control!r}")
+    true = np.asarray(splits["train"]["label"])
+    permuted = np.random.default_rng(args.params.seed).permutation(true)
+    agreement = float(np.mean(permuted == true))
+    logger.info("%s: shuffled labels, %.3f of train labels unchanged", args.item, agreement)
+    return permuted, {"control/label_agreement": agreement}
 
 
 def _write_outputs(
@@ -172,19 +200,23 @@ def finetune(
     on_log: OnLog | None = None,
     work_dir: Path,
     pooling: str = "auto",
+    probe: ProbeSpec | None = None,
+    train_labels: np.ndarray | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model_source`` on ``splits['train']``, evaluate on ``splits['val']``, save the
     classifier (safetensors + tokenizer + config with label names) to ``output_dir``.
 
     ``work_dir`` is Trainer's scratch folder (no checkpoints are kept: the stage output is the
-    saved model).
+    saved model). ``train_labels`` replace the train split's labels for training only (a
+    control); the baselines and the val split keep the true labels, so they stay comparable
+    with a seed run's.
     """
     device = pick_device(str(device) if device is not None else None)
     names = list(splits["train"].features["label"].names)
     tokenizer = load_tokenizer(model_source)
     seed_everything(seed, device)  # the new classification head is drawn from this seed
     model = load_classifier(model_source, names)
-    tokenized = _tokenized(splits, tokenizer, params.max_length)
+    tokenized = _tokenized(splits, tokenizer, params.max_length, train_labels)
     trainer = _trainer(
         model, tokenizer, tokenized, _training_args(params, seed, device, work_dir), on_log
     )
@@ -195,7 +227,7 @@ def finetune(
     labels, ft_preds, eval_s = _predict(trainer, tokenized["val"])
     encoder = load_encoder(model_source).to(device)
     pooling = probe_pooling(pooling, encoder.config)
-    probe_preds = _probe_baseline(encoder, tokenizer, splits, params, device, seed, pooling)
+    probe_preds = _probe_baseline(encoder, tokenizer, splits, params, device, seed, pooling, probe)
     probe_labels = np.asarray(splits["val"]["label"])
     metrics: dict[str, Any] = {
         **classification_metrics(labels, ft_preds, names, "ft", ordinal),
@@ -220,8 +252,11 @@ def finetune(
     )
 
 
-def _tokenized(splits: DatasetDict, tokenizer: Any, max_length: int) -> DatasetDict:
-    """Token ids, lengths (for length-grouped batches) and ``labels``, as Trainer wants them."""
+def _tokenized(
+    splits: DatasetDict, tokenizer: Any, max_length: int, train_labels: np.ndarray | None = None
+) -> DatasetDict:
+    """Token ids, lengths (for length-grouped batches) and ``labels``, as Trainer wants them;
+    ``train_labels`` (a control's) replace the train split's labels."""
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
@@ -229,7 +264,11 @@ def _tokenized(splits: DatasetDict, tokenizer: Any, max_length: int) -> DatasetD
         return enc
 
     tokenized = splits.map(encode, batched=True, remove_columns=["text"], keep_in_memory=True)
-    return tokenized.rename_column("label", "labels")
+    tokenized = tokenized.rename_column("label", "labels")
+    if train_labels is not None:
+        train = tokenized["train"].remove_columns("labels")
+        tokenized["train"] = train.add_column("labels", np.asarray(train_labels).tolist())
+    return tokenized
 
 
 def _training_args(params: FinetuneParams, seed: int, device: Any, work_dir: Path) -> Any:
@@ -270,19 +309,20 @@ def _training_args(params: FinetuneParams, seed: int, device: Any, work_dir: Pat
 
 
 def training_devices(data_parallel: bool, device: Any) -> int:
-    """How many devices one optimiser step spans: 1 unless ``data_parallel`` on CUDA, then the
-    processes of a ``torchrun`` launch (``WORLD_SIZE``) or else every visible GPU."""
+    """How many devices one optimiser step spans: 1 unless ``data_parallel`` on CUDA, then every
+    visible GPU (one process, ``nn.DataParallel``). Multi-process launches (``torchrun``) are
+    refused: the stage stages, logs and renames its outputs from a single process."""
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not data_parallel:
+    if world > 1:
         raise ConfigError(
-            f"launched on WORLD_SIZE={world} processes but finetune.data_parallel=false; "
-            "set it to true (dvc exp run -S finetune.data_parallel=true) or run one process"
+            f"launched on WORLD_SIZE={world} processes: run the stage as one process and set "
+            "finetune.data_parallel=true to use every visible GPU"
         )
     if not data_parallel or torch.device(device).type != "cuda":
         return 1
-    return world if world > 1 else max(1, torch.cuda.device_count())
+    return max(1, torch.cuda.device_count())
 
 
 def per_device_batch(batch_size: int, n_devices: int) -> int:
@@ -338,14 +378,14 @@ def _probe_baseline(
     device: Any,
     seed: int,
     pooling: str,
+    probe: ProbeSpec | None,
 ) -> np.ndarray:
-    """Logistic regression on frozen pooled last-layer PT features: fit train, predict val.
+    """The compare stage's probe (same pooling, same search over its regularisation) on frozen
+    last-layer PT features: fit train, predict val (``probe`` None: the library's search).
 
     The fair "pre-trained" baseline: what a linear read-out of the PT model can do without
     changing it, against which fine-tuning's gain is measured."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from layerwise.similarity.probes import ProbeSpec, fit_probe
 
     feats = {}
     for split in ("train", "val"):
@@ -353,12 +393,17 @@ def _probe_baseline(
         feats[split] = pooled_last_layer(
             encoder, ids, params.eval_batch_size, tokenizer.pad_token_id, device, pooling
         )
-    probe = make_pipeline(
-        StandardScaler(), LogisticRegression(max_iter=params.probe_max_iter, random_state=seed)
-    )
+    labels = np.asarray(splits["train"]["label"])
+    model = fit_probe(feats["train"], labels, probe or ProbeSpec(), seed)
     with single_threaded_blas():
-        probe.fit(feats["train"], np.asarray(splits["train"]["label"]))
-        return probe.predict(feats["val"])
+        return model.predict(feats["val"])
+
+
+def _probe_spec(params: CompareParams) -> ProbeSpec:
+    """The probes' search as params set it (imported here: sklearn loads once the work starts)."""
+    from layerwise.similarity.probes import probe_spec
+
+    return probe_spec(params)
 
 
 def _curve_rows(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:

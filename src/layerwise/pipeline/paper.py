@@ -1,5 +1,6 @@
 """paper: every figure and table of the paper regenerated from the earlier stages' outputs, the
-paper's three claims checked against the numbers, and paper/summary.md. No model computation.
+paper's three claims checked against the numbers and the controls (seed floor, shuffled-label
+fine-tune, layer reset), and paper/summary.md. No model computation.
 
 The stage reads files only (through :mod:`layerwise.paper.inputs`), never the modules of the
 stages that wrote them, so editing a stage's code reruns ``paper`` only through its outputs.
@@ -121,15 +122,14 @@ def run(args: StageArgs) -> dict[str, float]:
     # Every input must exist and be well-formed before anything is drawn or any run is opened.
     inputs = load_inputs(p, paths)
     run_ids = find_run_ids(args.root, p.mlflow.experiment, _stage_run_names(p))
-    rho = p.paper.rho_threshold
-    results = claims.evaluate_claims(inputs, rho)
+    results = claims.evaluate_claims(inputs)
     metrics = claims.claims_metrics(results)
     tags = {"models": ",".join(p.models), "tasks": ",".join(p.tasks), "seeds": p.seeds}
     with stage_run("paper", args, _used_params(p), tags) as run, io.Staging() as staging:
         fig_dir = staging.dir(paths.paper() / "figures")
         tab_dir = staging.dir(paths.paper() / "tables")
         drawn, skipped = draw_figures(inputs, fig_dir, p.paper.dpi)
-        built = build_tables(inputs, results, rho)
+        built = build_tables(inputs, results)
         write_tables(built, tab_dir)
         summary = summary_markdown(
             inputs,

@@ -343,8 +343,8 @@ def run(args: StageArgs) -> dict:
     """The stage's work for parsed ``args``; returns what its DVC metrics file holds."""
     p, paths = args.params, Paths(args.root)
     layers = p.model(args.model).layers
-    store_root = io.require(paths.activations(*args.key), f"compare@{args.item}")
-    ft_dir = io.require(paths.finetuned(*args.key), f"finetune@{args.item}")
+    store_root = io.require(paths.activations(*args.key), args.stage_name("compare"))
+    ft_dir = io.require(paths.finetuned(*args.key), args.stage_name("finetune"))
     check_inputs(args, store_root, ft_dir)
     device = pick_device(p.device)
     used = {

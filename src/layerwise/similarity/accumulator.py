@@ -502,6 +502,21 @@ class LayerSimilarityAccumulator:
             raise IndexError(f"layer {layer} out of range [0, {self.n_layers})")
 
 
+def batch_blocks(batches: Sequence[np.ndarray], n_texts: int, n_blocks: int) -> np.ndarray:
+    """Each text's jackknife block (``block_of``): batch ``b`` (length-sorted) goes to block
+    ``b mod n_blocks``.
+
+    So every block spans all text lengths (contiguous text-index blocks would follow the source
+    file's order, e.g. BBC's label folders) and every batch updates one block only (one matmul
+    per product). Every stage that compares two models' passes over the same batches uses it, so
+    their CIs are built the same way.
+    """
+    block_of = np.zeros(n_texts, dtype=np.int64)
+    for b, idx in enumerate(batches):
+        block_of[idx] = b % n_blocks
+    return block_of
+
+
 def _block_assignment(
     block_of: np.ndarray | Sequence[int] | None, n_texts: int, n_blocks: int
 ) -> np.ndarray:

@@ -1,0 +1,244 @@
+"""Feature cards: one SAE latent on its run's analysis split, in the manner of the SAE
+dashboards (sae-vis, SAEDashboard, Neuronpedia): the texts it fires on most with the firing
+tokens, the histogram of its token activations, how well it separates the labels (against a
+label-permutation null), and the closest latent of the other model's SAE at the same layer.
+
+The card's "first load" is one pass of the unit's SAE over the whole analysis store
+(:func:`unit_index`, cached per unit): it keeps every token's nonzero activations as a sparse
+matrix (one column per latent), so a card for any latent of that unit is array slicing.
+The per-text reduction is the features stage's own (:func:`layerwise.features.text_feature_matrix`),
+so a card's top texts are the ones the stage reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from layerwise import features as F
+from layerwise.app.catalog import ExplorerError, RunKey, other_unit
+from layerwise.app.encode import check_feature
+from layerwise.app.loaders import AnalysisTexts, Workspace
+
+N_PERMUTATIONS = 200
+"""Label permutations behind a card's selectivity null (p-values down to 1/201)."""
+HISTOGRAM_BINS = 30
+
+
+@dataclass(frozen=True)
+class UnitIndex:
+    """One SAE over the whole analysis store."""
+
+    text_features: F.TextFeatures
+    """Per-text max activation ``[n_texts, F]`` and token firing counts."""
+    token_acts: object
+    """``scipy.sparse.csc_matrix [n_tokens, F]``: every token's nonzero activations."""
+    decoder: np.ndarray
+    """``W_dec [F, D]`` (unit-norm rows), for the nearest latent of the other SAE."""
+
+    @property
+    def n_features(self) -> int:
+        return int(self.decoder.shape[0])
+
+    def column(self, feature: int) -> np.ndarray:
+        """``[n_tokens]`` activations of one latent."""
+        return self.token_acts[:, [feature]].toarray().ravel()
+
+
+def unit_index(ws: Workspace, key: RunKey, unit: str) -> UnitIndex:
+    """The unit's SAE applied to every analysis token, once per (run, unit)."""
+    return ws.cached(("unit_index", key, unit), lambda: _build_unit_index(ws, key, unit))
+
+
+def _build_unit_index(ws: Workspace, key: RunKey, unit: str) -> UnitIndex:
+    from scipy import sparse
+
+    from layerwise.sae.model import numpy_encoder
+
+    sae = ws.sae(key, unit)
+    store = ws.store(key)
+    analysis = ws.analysis(key)
+    if store.n_texts != len(analysis.texts):
+        raise ExplorerError(
+            f"{key.label}: the activation store holds {store.n_texts} texts but the prepared "
+            f"analysis split has {len(analysis.texts)}: rerun `dvc repro compare@{key.item}`"
+        )
+    encode = numpy_encoder(sae)
+    chunks: list[object] = []
+
+    def encode_and_keep(x: np.ndarray) -> np.ndarray:
+        z = encode(x)
+        chunks.append(sparse.csc_matrix(z))
+        return z
+
+    text_features = F.text_feature_matrix(
+        encode_and_keep,
+        store.acts(unit),
+        ws.store_index(key).text_id,
+        store.n_texts,
+        reduce="max",
+        d_in=sae.cfg.d_in,
+    )
+    token_acts = sparse.vstack(chunks, format="csc")
+    decoder = sae.W_dec.detach().cpu().numpy()
+    return UnitIndex(text_features, token_acts, decoder)
+
+
+# --------------------------------------------------------------------------------------------
+# The card
+
+
+@dataclass(frozen=True)
+class TopText:
+    """One of the texts a latent fires on most, with its activation on every token."""
+
+    text_index: int
+    label: str
+    activation: float
+    tokens: list[str]
+    token_acts: np.ndarray
+
+
+@dataclass(frozen=True)
+class SelectivityWithNull:
+    """One-vs-rest ROC AUC of the latent's per-text activation for each label, and the
+    distribution of the best AUC when the labels are shuffled (what chance gives: with several
+    classes the best of several AUCs is above 0.5 by chance alone)."""
+
+    auc_per_class: dict[str, float]
+    best_label: str
+    auc: float
+    null_mean: float
+    null_q95: float
+    p_value: float
+    n_permutations: int
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """The other model's latent whose decoder direction is closest (same layer)."""
+
+    unit: str
+    feature: int
+    cosine: float
+
+
+@dataclass(frozen=True)
+class FeatureCard:
+    key: RunKey
+    unit: str
+    feature: int
+    n_features: int
+    fire_rate: float
+    """Fraction of analysis tokens on which the latent fires."""
+    max_activation: float
+    top_texts: list[TopText]
+    histogram: tuple[np.ndarray, np.ndarray]
+    """(counts, bin edges) of the latent's nonzero token activations."""
+    selectivity: SelectivityWithNull
+    neighbour: Neighbour | None
+
+
+def feature_card(
+    ws: Workspace, key: RunKey, unit: str, feature: int, n_texts: int = 8
+) -> FeatureCard:
+    """Everything about latent ``feature`` of ``unit``; an unknown id raises
+    :class:`ExplorerError` naming the valid range."""
+    index = unit_index(ws, key, unit)
+    check_feature(feature, index.n_features, unit)
+    analysis = ws.analysis(key)
+    column = index.column(feature)
+    fired = column[column > 0]
+    histogram = np.histogram(fired, bins=HISTOGRAM_BINS) if fired.size else _empty_histogram()
+    return FeatureCard(
+        key=key,
+        unit=unit,
+        feature=feature,
+        n_features=index.n_features,
+        fire_rate=float(index.text_features.fire_rate[feature]),
+        max_activation=float(column.max(initial=0.0)),
+        top_texts=_top_texts(ws, key, index, column, feature, analysis, n_texts),
+        histogram=histogram,
+        selectivity=selectivity_with_null(
+            index.text_features.per_text[:, feature], analysis, seed=feature
+        ),
+        neighbour=_neighbour(ws, key, unit, index.decoder[feature]),
+    )
+
+
+def _empty_histogram() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, dtype=np.int64), np.zeros(1)
+
+
+def _top_texts(
+    ws: Workspace,
+    key: RunKey,
+    index: UnitIndex,
+    column: np.ndarray,
+    feature: int,
+    analysis: AnalysisTexts,
+    n: int,
+) -> list[TopText]:
+    """The texts with the highest max activation (the features stage's ranking), each with
+    its tokens and per-token activations; texts where the latent is silent are left out."""
+    rows_index = ws.store_index(key)
+    tokenizer = ws.tokenizer(key.model)
+    out = []
+    for text_index, activation in F.top_texts(index.text_features.per_text, feature, n):
+        if activation <= 0:
+            break
+        rows = rows_index.rows_of(text_index)
+        out.append(
+            TopText(
+                text_index=text_index,
+                label=analysis.label_names[int(analysis.labels[text_index])],
+                activation=float(activation),
+                tokens=tokenizer.convert_ids_to_tokens(rows_index.token_id[rows].tolist()),
+                token_acts=column[rows],
+            )
+        )
+    return out
+
+
+def selectivity_with_null(
+    values: np.ndarray, analysis: AnalysisTexts, seed: int, n_permutations: int = N_PERMUTATIONS
+) -> SelectivityWithNull:
+    """The features stage's selectivity of one latent, and its label-permutation null.
+
+    Shuffling the labels is the same as shuffling the values against fixed labels, so the
+    null is :func:`layerwise.features.label_selectivity` on ``n_permutations`` shuffled copies
+    of the column, all in one vectorised call.
+    """
+    n_classes = len(analysis.label_names)
+    observed = F.label_selectivity(values[:, None], analysis.labels, n_classes)
+    rng = np.random.default_rng(seed)
+    shuffled = np.stack([rng.permutation(values) for _ in range(n_permutations)], axis=1)
+    null = F.label_selectivity(shuffled, analysis.labels, n_classes).auc
+    auc = float(observed.auc[0])
+    return SelectivityWithNull(
+        auc_per_class={
+            name: float(a)
+            for name, a in zip(analysis.label_names, observed.auc_per_class[0], strict=True)
+        },
+        best_label=analysis.label_names[int(observed.best_class[0])],
+        auc=auc,
+        null_mean=float(null.mean()),
+        null_q95=float(np.quantile(null, 0.95)),
+        p_value=float((1 + np.count_nonzero(null >= auc)) / (1 + n_permutations)),
+        n_permutations=n_permutations,
+    )
+
+
+def _neighbour(ws: Workspace, key: RunKey, unit: str, direction: np.ndarray) -> Neighbour | None:
+    """Nearest latent of the other model's SAE by decoder cosine (None without that SAE)."""
+    other = other_unit(unit)
+    if other not in ws.outputs(key).sae_units:
+        return None
+    decoder = ws.cached(
+        ("decoder", key, other), lambda: ws.sae(key, other).W_dec.detach().cpu().numpy()
+    )
+    norms = np.linalg.norm(decoder, axis=1) * max(float(np.linalg.norm(direction)), 1e-12)
+    cos = decoder @ direction / np.maximum(norms, 1e-12)
+    best = int(np.argmax(cos))
+    return Neighbour(other, best, float(cos[best]))

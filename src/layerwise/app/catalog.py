@@ -1,0 +1,218 @@
+"""What the pipeline has produced under a root: which (model, task, seed) runs exist, which of
+their stage outputs are there, and the paper's files.
+
+Read from the file system alone (no DVC, no MLflow), so the explorer opens on any checkout: a
+fresh clone (nothing yet), a partial ``dvc repro`` (some stages) or a complete run. A run is
+listed as soon as any of its outputs exists; each page then says which stage it still needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerwise.errors import UserError
+from layerwise.paths import Paths
+from layerwise.schema import run_item, unit_name
+
+logger = logging.getLogger(__name__)
+
+REPRODUCE_HINT = (
+    "Nothing has been produced yet under {root}: run `make reproduce` (the whole pipeline, "
+    "`dvc repro`), then reload this page."
+)
+UNIT = re.compile(r"(pt|ft)_L(\d+)")
+"""An SAE unit folder name (``schema.unit_name``)."""
+SEED_DIR = re.compile(r"s(\d+)")
+RUN_GLOBS = (
+    "models/*/*/s*",
+    "results/*/*/s*",
+    "data/activations/*/*/s*",
+    "metrics/finetune/*/*/s*.json",
+    "metrics/sae/*/*/s*.json",
+    "metrics/features/*/*/s*.json",
+)
+"""Where a (model, task, seed) run leaves a trace: ``<model>/<task>/s<seed>`` at the end."""
+
+
+class ExplorerError(UserError):
+    """What a page asked for cannot be shown (missing output, bad input): the message says why
+    and what to do, and the page shows it instead of a traceback."""
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """One (model, task, seed) run of the pipeline."""
+
+    model: str
+    task: str
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} · {self.task} · seed {self.seed}"
+
+    @property
+    def item(self) -> str:
+        """The DVC matrix suffix (``compare@<item>``)."""
+        return run_item(self.model, self.task, self.seed)
+
+    @property
+    def param(self) -> str:
+        """``model/task/seed``, how messages name the run."""
+        return f"{self.model}/{self.task}/{self.seed}"
+
+
+def unit_sort_key(name: str) -> tuple[int, int]:
+    """Units ordered by layer, PT before FT."""
+    match = UNIT.fullmatch(name)
+    if match is None:
+        return (1 << 30, 0)
+    return (int(match.group(2)), 0 if match.group(1) == "pt" else 1)
+
+
+def unit_layer(name: str) -> int:
+    match = UNIT.fullmatch(name)
+    if match is None:
+        raise ValueError(f"{name!r} is not an SAE unit name (pt_L<k> or ft_L<k>)")
+    return int(match.group(2))
+
+
+def other_unit(name: str) -> str:
+    """The same layer's SAE of the other model: ``pt_L4`` <-> ``ft_L4``."""
+    which = "ft" if name.startswith("pt") else "pt"
+    return unit_name(which, unit_layer(name))
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Which outputs of one run exist (``True``: present and complete enough to read)."""
+
+    key: RunKey
+    prepared: bool
+    finetuned: bool
+    store: bool
+    similarity: bool
+    sae_units: tuple[str, ...]
+    features: bool
+
+    @property
+    def sae_layers(self) -> list[int]:
+        return sorted({unit_layer(u) for u in self.sae_units})
+
+    def missing(self, *needs: str) -> list[str]:
+        """The stages among ``needs`` (``prepare``, ``finetune``, ``compare``, ``sae``,
+        ``features``) whose outputs this run lacks."""
+        present = {
+            "prepare": self.prepared,
+            "finetune": self.finetuned,
+            "compare": self.store,
+            "sae": bool(self.sae_units),
+            "features": self.features,
+        }
+        return [stage for stage in needs if not present[stage]]
+
+    def hint(self, stages: list[str]) -> str:
+        """What to run for the missing ``stages``: the DVC stage names, or the whole pipeline."""
+        names = [
+            f"prepare@{self.key.task}" if s == "prepare" else f"{s}@{self.key.item}" for s in stages
+        ]
+        return (
+            f"{self.key.label}: this needs the output of {', '.join(names)}, which is not "
+            "there yet. Run `make reproduce` (or `dvc repro " + " ".join(names) + "`)."
+        )
+
+
+def run_outputs(paths: Paths, key: RunKey) -> RunOutputs:
+    """What exists of one run (file-system checks only)."""
+    m, t, s = key.model, key.task, key.seed
+    sae_root = paths.saes(m, t, s)
+    units: tuple[str, ...] = ()
+    if sae_root.is_dir():
+        found = [
+            p.name
+            for p in sae_root.iterdir()
+            if UNIT.fullmatch(p.name) and (p / "cfg.json").is_file()
+        ]
+        units = tuple(sorted(found, key=unit_sort_key))
+    return RunOutputs(
+        key=key,
+        prepared=(paths.prepared(t) / "dataset_dict.json").is_file(),
+        finetuned=(paths.finetuned(m, t, s) / "config.json").is_file(),
+        store=(paths.activations(m, t, s) / "analysis" / "meta.json").is_file(),
+        similarity=paths.similarity_csv(m, t, s).is_file(),
+        sae_units=units,
+        features=paths.features_json(m, t, s).is_file(),
+    )
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Everything the pipeline has produced under ``root``."""
+
+    root: Path
+    runs: tuple[RunOutputs, ...]
+    figures: tuple[Path, ...]
+    """``paper/figures/*.png``."""
+    tables: tuple[Path, ...]
+    """``paper/tables/*.csv``."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.runs and not self.figures and not self.tables
+
+    @property
+    def keys(self) -> list[RunKey]:
+        return [r.key for r in self.runs]
+
+    def run(self, key: RunKey) -> RunOutputs:
+        for outputs in self.runs:
+            if outputs.key == key:
+                return outputs
+        known = ", ".join(k.param for k in self.keys) or "none"
+        raise ExplorerError(f"no run {key.param} under {self.root}; runs: {known}")
+
+    def models(self) -> list[str]:
+        return sorted({k.model for k in self.keys})
+
+    def tasks(self, model: str) -> list[str]:
+        return sorted({k.task for k in self.keys if k.model == model})
+
+    def seeds(self, model: str, task: str) -> list[int]:
+        return sorted({k.seed for k in self.keys if (k.model, k.task) == (model, task)})
+
+
+def _key_of(rel: Path) -> RunKey | None:
+    """The run a path under the root belongs to (its last three parts name it)."""
+    *_, model, task, last = rel.parts
+    match = SEED_DIR.fullmatch(last.removesuffix(".json"))
+    return RunKey(model, task, int(match.group(1))) if match else None
+
+
+def scan(root: str | Path) -> Catalog:
+    """Every run with at least one output under ``root``, and the paper's figures and tables."""
+    root = Path(root)
+    paths = Paths(root)
+    keys = {key for pattern in RUN_GLOBS for p in root.glob(pattern) if (key := _key_of(p))}
+    runs = [run_outputs(paths, key) for key in sorted(keys)]
+    runs = [r for r in runs if _has_any(r, paths)]
+    figures = tuple(sorted((paths.paper() / "figures").glob("*.png")))
+    tables = tuple(sorted((paths.paper() / "tables").glob("*.csv")))
+    logger.debug("catalog of %s: %d runs, %d figures", root, len(runs), len(figures))
+    return Catalog(root, tuple(runs), figures, tables)
+
+
+def _has_any(r: RunOutputs, paths: Paths) -> bool:
+    """A run directory can exist with nothing in it but a ``.gitignore`` (a fresh clone)."""
+    k = r.key
+    metrics = (
+        paths.finetune_metrics(k.model, k.task, k.seed),
+        paths.sae_metrics(k.model, k.task, k.seed),
+        paths.features_metrics(k.model, k.task, k.seed),
+        paths.features_csv(k.model, k.task, k.seed),
+    )
+    return any((r.finetuned, r.store, r.similarity, r.sae_units, r.features)) or any(
+        p.is_file() for p in metrics
+    )

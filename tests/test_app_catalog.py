@@ -1,0 +1,75 @@
+"""What exists: the explorer's catalog of runs and stage outputs, on a complete tree, an empty
+root and a fresh clone's partial tree."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from app_support import KEY, AppTree, app_tree  # noqa: F401
+
+from layerwise.app.catalog import (
+    REPRODUCE_HINT,
+    ExplorerError,
+    RunKey,
+    other_unit,
+    scan,
+    unit_sort_key,
+)
+from layerwise.paths import Paths
+
+
+def test_catalog_lists_the_run_and_every_output(app_tree: AppTree) -> None:  # noqa: F811
+    catalog = scan(app_tree.root)
+    assert not catalog.empty and catalog.keys == [KEY]
+    run = catalog.run(KEY)
+    assert run.missing("prepare", "finetune", "compare", "sae", "features") == []
+    assert run.sae_units == ("pt_L1", "ft_L1", "pt_L2", "ft_L2")
+    assert run.sae_layers == [1, 2]
+    assert catalog.models() == [KEY.model]
+    assert catalog.tasks(KEY.model) == [KEY.task] and catalog.seeds(KEY.model, KEY.task) == [0]
+    assert {p.name for p in catalog.tables} >= {"claims.csv", "layer_similarity.csv"}
+    assert any(p.name.startswith("layerwise_similarity") for p in catalog.figures)
+
+
+def test_empty_root_says_nothing_was_produced_and_names_make_reproduce(tmp_path: Path) -> None:
+    # A fresh clone keeps run folders with nothing but a .gitignore: not a run.
+    (tmp_path / "models" / "m" / "t" / "s0").mkdir(parents=True)
+    (tmp_path / "models" / "m" / "t" / "s0" / ".gitignore").write_text("/ft\n")
+    catalog = scan(tmp_path)
+    assert catalog.empty and catalog.runs == ()
+    assert "make reproduce" in REPRODUCE_HINT.format(root=tmp_path)
+
+
+def test_partial_tree_lists_the_run_and_names_the_missing_stages(
+    app_tree: AppTree,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A clone with only the git-tracked results (similarity.csv, features.csv, metrics)."""
+    src, dst = Paths(app_tree.root), Paths(tmp_path)
+    for path in (src.similarity_csv(*_key()), src.features_csv(*_key()), src.sae_metrics(*_key())):
+        target = tmp_path / path.relative_to(app_tree.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    run = scan(tmp_path).run(KEY)
+    assert run.similarity and not run.finetuned and run.sae_units == ()
+    missing = run.missing("finetune", "sae")
+    assert missing == ["finetune", "sae"]
+    hint = run.hint(missing)
+    assert f"finetune@{KEY.item}" in hint and f"sae@{KEY.item}" in hint and "make reproduce" in hint
+    assert dst.similarity_csv(*_key()).is_file()
+    with pytest.raises(ExplorerError, match="no run other/kw/0"):
+        scan(tmp_path).run(RunKey("other", "kw", 0))
+
+
+def test_run_keys_and_units_round_trip() -> None:
+    key = RunKey("minilm-l6", "sentiment", 2)
+    assert key.param == "minilm-l6/sentiment/2" and key.item == "minilm-l6-sentiment-2"
+    assert other_unit("pt_L4") == "ft_L4" and other_unit("ft_L4") == "pt_L4"
+    units = sorted(["ft_L6", "pt_L6", "ft_L2", "pt_L2"], key=unit_sort_key)
+    assert units == ["pt_L2", "ft_L2", "pt_L6", "ft_L6"]
+
+
+def _key() -> tuple[str, str, int]:
+    return KEY.model, KEY.task, KEY.seed
