@@ -1,6 +1,6 @@
 """Crosscoder training throughput and quality, ours against a peer on the same data.
 
-Ours: ``layerwise.sae.crosscoder.CrosscoderTrainer`` (BatchTopK, one encoder over the paired
+Ours: ``layerwise.sae.crosscoder_train.CrosscoderTrainer`` (BatchTopK, one encoder over the paired
 PT/FT rows, one decoder per model), in ``precision: auto`` (bfloat16 autocast on CPUs with native
 bf16 and on CUDA, else float32) and in float32. Peer: ``dictionary-learning`` 0.1.0's
 ``BatchTopKTrainer`` on the concatenated rows ``[s_PT * x_PT; s_FT * x_FT]``: no crosscoder
@@ -17,14 +17,15 @@ Why it is fair:
 * Same schedule: the sae stage's ``TrainConfig`` (lr, batch size, tokens, warmup, final linear
   decay); same width and ``k``.
 * Same inference threshold: both are set the same way after training, to the mean batch cutoff
-  of the final weights over 16 batches (``layerwise.sae.crosscoder.estimate_threshold``; for the
-  peer, the same arithmetic on its ``encode``), timed as part of each run. The peer's own moving
-  average over training is switched off: it lags behind the drifting cutoff (a first run kept
-  29 latents per row at k = 64), which would put the two at different sparsity.
+  of the final weights over 16 batches
+  (``layerwise.sae.crosscoder_train.estimate_threshold``; for the peer, the same arithmetic on
+  its ``encode``), timed as part of each run. The peer's own moving average over training is
+  switched off: it lags behind the drifting cutoff (a first run kept 29 latents per
+  row at k = 64), which would put the two at different sparsity.
 * Same quality measure: per-model FVU = 1 - sum||x - x_hat||^2 / sum||x - mean||^2 in float64 over
   the held-out analysis rows, raw space, by one function here for both (ours is also checked
-  against ``layerwise.sae.crosscoder.evaluate_crosscoder``), with each side's inference-time
-  (thresholded) latents.
+  against ``layerwise.sae.crosscoder_analysis.evaluate_crosscoder``), with each side's
+  inference-time (thresholded) latents.
 * Same conditions: an untimed warm-up of each code path first; timed repeats interleaved.
 
 Where the time goes: each run's wall time is split into its setup (ours: the exact ``b_dec``
@@ -46,33 +47,26 @@ Usage::
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from timing import REPO, Figure, bench_parser, judge, peak_rss_gb, report, spread, timed
+from sae import PEER, peer_module
+from timing import (
+    REPO,
+    Figure,
+    bench_parser,
+    judge,
+    peak_rss_gb,
+    report,
+    run_records,
+    spread,
+    timed,
+)
 
-PEER = "dictionary-learning==0.1.0"
 FVU_TOLERANCE = 0.005
 """Absolute FVU slack for "equal": two runs with different seeds differ by about this much."""
 QUICK = {"train_tokens": 20_480, "train_rows": 20_000, "eval_rows": 2_000}
-
-
-def load_peer() -> types.ModuleType:
-    """The peer's BatchTopK trainer module, imported with the package root registered without
-    running its ``__init__`` (which needs ``nnsight``). Refuses to run without the peer."""
-    spec = importlib.util.find_spec("dictionary_learning")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"the peer is not installed: pip install --no-deps {PEER} einops")
-    if "dictionary_learning" not in sys.modules:
-        root = types.ModuleType("dictionary_learning")
-        root.__path__ = list(spec.submodule_search_locations)
-        sys.modules["dictionary_learning"] = root
-    return importlib.import_module("dictionary_learning.trainers.batch_top_k")
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,7 +213,8 @@ class Run:
 
 def train_ours(setup: Setup, dtype: Any, label: str) -> Run:
     """``CrosscoderTrainer`` timed end to end (its ``b_dec`` data pass included)."""
-    from layerwise.sae.crosscoder import CrosscoderTrainer, evaluate_crosscoder
+    from layerwise.sae.crosscoder_analysis import evaluate_crosscoder
+    from layerwise.sae.crosscoder_train import CrosscoderTrainer
 
     config = replace(setup.config, autocast_dtype=dtype)
     init_s, trainer = timed(lambda: CrosscoderTrainer(setup.cfg, *setup.train, config))
@@ -398,7 +393,7 @@ def make_setup(params: Any, args: Any) -> tuple[Setup, str]:
         scale_factor_pt=estimate_scale_factor(train[0], seed=seed),
         scale_factor_ft=estimate_scale_factor(train[1], seed=seed),
     )
-    return Setup(train, evals, cfg, config, load_peer()), origin
+    return Setup(train, evals, cfg, config, peer_module("trainers.batch_top_k")), origin
 
 
 def warm_up(setup: Setup, auto: Any) -> None:
@@ -457,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         title,
         figures,
         args.json,
-        runs=[{"label": r.label(), "walls_s": r.walls, **r.metrics} for r in runs],
+        runs=run_records(runs),
     )
 
 

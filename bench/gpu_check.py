@@ -547,6 +547,8 @@ def part_agree(args: argparse.Namespace) -> PartResult:
 # --------------------------------------------------------------------------------------------
 # The pipeline part: a tiny task, the stage scripts twice, the diff
 # --------------------------------------------------------------------------------------------
+# The task, tiny BERT and params below copy the tests' (conftest.py, reliability_support.py):
+# this script runs alone on a GPU machine where the tests' fixtures and pytest are not at hand.
 
 FILLER = (
     "the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as",

@@ -5,9 +5,12 @@ Each part runs in its own process (its own peak RSS) and hands its figures back 
 * ``compare.py``: extraction overhead of the compare stage vs a bare PT+FT forward loop;
 * ``sae.py``: SAE training throughput and FVU vs the peer ``dictionary-learning``, L1 at
   matched L0 and TopK;
+* ``crosscoder.py``: crosscoder training throughput and per-model FVU vs the peer's BatchTopK
+  on the concatenated rows;
 * ``e2e.py``: cold ``dvc repro`` in fresh copies with empty caches (per stage and in total,
   peak RSS per stage, fine-tuning time), disk use, no-op ``dvc repro``, ``dvc exp run -S``;
-* ``scaling.py``: the compare and sae stages at 1x and 4x analysis texts.
+* ``scaling.py``: the compare and sae stages at 1x and 4x analysis texts;
+* ``explorer.py``: the explorer app's free-text and feature-card response times.
 
 Every figure is the median (min-max) of its repeats; verdicts are on the median (on the worst
 repeat for memory). The SAE sweep behind the default L1 coefficient is ``sae_sweep.py``, run
@@ -40,7 +43,7 @@ from pathlib import Path
 
 from timing import REPO, Figure, load_figures, machine_info, markdown_table
 
-PARTS = ("compare", "sae", "e2e", "scaling")
+PARTS = ("compare", "sae", "crosscoder", "e2e", "scaling", "explorer")
 RESULTS_BEGIN = "<!-- bench/run_all.py: begin -->"
 RESULTS_END = "<!-- bench/run_all.py: end -->"
 

@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         title,
         figures,
         args.json,
-        runs=[{"label": r.label(), "walls_s": r.walls, **r.metrics} for r in runs],
+        runs=timing.run_records(runs),
     )
 
 

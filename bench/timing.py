@@ -192,6 +192,12 @@ def report(title: str, figures: Sequence[Figure], json_path: str | None, **raw: 
         Path(json_path).write_text(json.dumps(payload, indent=1, default=str) + "\n")
 
 
+def run_records(runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """The raw JSON rows of trainer comparisons (objects with ``label()``, ``walls`` and
+    ``metrics``), one shape for every benchmark so ``RESULTS.md`` readers parse them alike."""
+    return [{"label": r.label(), "walls_s": r.walls, **r.metrics} for r in runs]
+
+
 def load_figures(json_path: Path) -> list[Figure]:
     return [Figure(**f) for f in json.loads(json_path.read_text())["figures"]]
 

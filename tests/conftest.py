@@ -178,53 +178,11 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _mlflow_template
 def tiny_params(tmp_path: Path, tiny_bert_dir: Path, keyword_csv: Path) -> Path:
     """``<tmp_path>/params.yaml``: the repo's params with one keyword task ``kw``, one tiny
     model ``tiny`` (layers 1, 2), one seed, and every stage section shrunk to run in seconds."""
+    from reliability.reliability_support import shrunk_params
+
     from layerwise.config import load_params
 
-    raw = yaml.safe_load(REPO_PARAMS.read_text())
-    raw["seeds"] = [0]
-    raw["tasks"] = ["kw"]
-    raw["task_defs"] = {
-        "kw": {
-            "description": "keyword task: 'great' is positive, 'awful' negative",
-            "source": str(keyword_csv),
-            "format": "csv",
-            "text_field": "text",
-            "label_field": "label",
-            "labels": {"kind": "column"},
-            "max_train": 60,
-            "max_val": 20,
-            "max_analysis": 30,
-        }
-    }
-    raw["models"] = {"tiny": {"source": str(tiny_bert_dir), "layers": [1, 2]}}
-    if raw.get("data", {}).get("stats_model"):
-        raw["data"]["stats_model"] = "tiny"
-    overrides = {
-        "finetune": {
-            "epochs": 3,
-            "batch_size": 8,
-            "learning_rate": 1e-3,
-            "max_length": 32,
-            "logging_steps": 2,
-        },
-        "compare": {
-            "batch_size": 16,
-            "token_budget": 2000,
-            "n_boot": 50,
-            "n_blocks": 4,
-            "probe_folds": 3,
-        },
-        "sae": {
-            "batch_size": 64,
-            "epochs": 2,
-            "train_tokens": None,
-            "warmup_steps": 5,
-            "expansion": 2,
-        },
-        "features": {"top_n": 3, "top_k": 3, "token_min_count": 1},
-    }
-    for section, values in overrides.items():
-        raw.setdefault(section, {}).update(values)
+    raw = shrunk_params(keyword_csv, tiny_bert_dir)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     load_params(path)  # fails here, naming the key, if the overrides went stale

@@ -1,4 +1,4 @@
-"""layerwise.sae.crosscoder and layerwise.sae.batch_topk: the config, BatchTopK's exact batch
+"""layerwise.sae.crosscoder (with crosscoder_train, crosscoder_analysis) and sae.batch_topk:
 budget and its inference threshold, losses that fall, save/load, per-model quality by the SAE
 definitions, and the model-diffing readout on planted data (shared / PT-only / FT-only
 directions recovered with relative norms near 0.5 / 0 / 1; Latent Scaling flags a constructed
@@ -15,22 +15,22 @@ import torch
 
 from layerwise.sae.batch_topk import batch_topk
 from layerwise.sae.crosscoder import (
-    CURVE_COLUMNS,
     SIDES,
     Crosscoder,
     CrosscoderConfig,
-    CrosscoderTrainer,
-    classify_latents,
     crosscoder_forward,
+    load_crosscoder,
+    save_crosscoder,
+)
+from layerwise.sae.crosscoder_analysis import (
+    classify_latents,
     decoder_norms,
-    estimate_threshold,
     evaluate_crosscoder,
     flag_artefacts,
     latent_scaling,
-    load_crosscoder,
     relative_norms,
-    save_crosscoder,
 )
+from layerwise.sae.crosscoder_train import CURVE_COLUMNS, CrosscoderTrainer, estimate_threshold
 from layerwise.sae.train import TrainConfig, estimate_scale_factor
 from layerwise.schema import SAE_METRIC_KEYS
 

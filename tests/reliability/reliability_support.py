@@ -167,11 +167,40 @@ def remove_outputs(root: Path, stages: tuple[str, ...] | list[str]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def tiny_params_dict(csv_path: Path, model_dir: Path) -> dict[str, Any]:
+TINY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "finetune": {
+        "epochs": 3,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "max_length": 32,
+        "logging_steps": 2,
+    },
+    "compare": {
+        "batch_size": 16,
+        "token_budget": 2000,
+        "n_boot": 50,
+        "n_blocks": 4,
+        "probe_folds": 3,
+    },
+    "sae": {"batch_size": 64, "epochs": 2, "train_tokens": None, "warmup_steps": 5, "expansion": 2},
+    "features": {"top_n": 3, "top_k": 3, "token_min_count": 1},
+}
+"""Every stage section shrunk so a stage runs in seconds (conftest's ``tiny_params`` as is)."""
+RELIABILITY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "finetune": {"epochs": 1, "eval_batch_size": 64},
+    "sae": {"eval_batch_size": 1024},
+    "paper": {"dpi": 40},
+}
+"""What the reliability suite shrinks further (one epoch) or pins (eval batches, figure dpi)."""
+
+
+def shrunk_params(
+    csv_path: Path, model_dir: Path, *extra: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """The repo's params.yaml with one keyword task ``kw``, one tiny model ``tiny`` (layers 1,
-    2), one seed and every section shrunk so a stage runs in seconds."""
+    2), one seed and :data:`TINY_OVERRIDES` then each of ``extra`` applied, section by section:
+    one recipe for conftest's fixture and this suite, so a renamed key breaks both alike."""
     raw = yaml.safe_load(REPO_PARAMS.read_text())
-    raw["seed"] = 0
     raw["seeds"] = [SEED]
     raw["tasks"] = [TASK]
     raw["task_defs"] = {
@@ -190,35 +219,17 @@ def tiny_params_dict(csv_path: Path, model_dir: Path) -> dict[str, Any]:
     raw["models"] = {MODEL: {"source": str(model_dir), "layers": [1, 2]}}
     if raw.get("data", {}).get("stats_model"):
         raw["data"]["stats_model"] = MODEL
-    overrides = {
-        "finetune": {
-            "epochs": 1,
-            "batch_size": 8,
-            "learning_rate": 1e-3,
-            "max_length": 32,
-            "logging_steps": 2,
-            "eval_batch_size": 64,
-        },
-        "compare": {
-            "batch_size": 16,
-            "token_budget": 2000,
-            "n_boot": 50,
-            "n_blocks": 4,
-            "probe_folds": 3,
-        },
-        "sae": {
-            "batch_size": 64,
-            "epochs": 2,
-            "train_tokens": None,
-            "warmup_steps": 5,
-            "expansion": 2,
-            "eval_batch_size": 1024,
-        },
-        "features": {"top_n": 3, "top_k": 3, "token_min_count": 1},
-        "paper": {"dpi": 40},
-    }
-    for section, values in overrides.items():
-        raw.setdefault(section, {}).update(values)
+    for overrides in (TINY_OVERRIDES, *extra):
+        for section, values in overrides.items():
+            raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def tiny_params_dict(csv_path: Path, model_dir: Path) -> dict[str, Any]:
+    """:func:`shrunk_params` with the reliability suite's one-epoch fine-tune and pinned eval
+    batches and dpi, and the top-level ``seed`` fixed."""
+    raw = shrunk_params(csv_path, model_dir, RELIABILITY_OVERRIDES)
+    raw["seed"] = 0
     return raw
 
 

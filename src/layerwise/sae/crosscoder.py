@@ -37,6 +37,10 @@ Conventions:
 
 Shapes are suffixed in names: ``B`` batch, ``D`` model width, ``Z`` = ``2D``, ``F`` latents, ``K``
 latents under study.
+
+This module holds the config, the forward pass, the module and save/load; training lives in
+:mod:`layerwise.sae.crosscoder_train`, the model-diffing readout in
+:mod:`layerwise.sae.crosscoder_analysis`.
 """
 
 from __future__ import annotations
@@ -44,8 +48,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -53,19 +55,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from layerwise.sae._arrays import ArrayLike, raise_nonfinite, read_rows, rows_numpy, shape2d
+from layerwise.sae._arrays import ArrayLike, shape2d
 from layerwise.sae.batch_topk import batch_topk, threshold_select
-from layerwise.sae.evaluate import _Sums
-from layerwise.sae.model import (
-    _decode_scaled,
-    _pre_acts,
-    init_decoder,
-    normalize_rows,
-    on_device,
-)
-from layerwise.sae.train import TrainConfig, _batch_indices, _column_mean, _lr_factor
+from layerwise.sae.model import _decode_scaled, _pre_acts, init_decoder, normalize_rows
 
 logger = logging.getLogger(__name__)
 
@@ -73,18 +66,10 @@ SIDES = ("pt", "ft")
 """The two models, in the order of the weights' model axis."""
 SPARSITY_KINDS = ("batchtopk", "l1")
 """Allowed values of ``CrosscoderConfig.sparsity``."""
-LATENT_CLASSES = ("pt_only", "shared", "ft_only")
-"""What :func:`classify_latents` returns, by relative norm low to high."""
-CURVE_COLUMNS = ("step", "loss", "mse_loss", "sparsity_loss", "l0", "fvu_pt", "fvu_ft", "lr")
-"""One training-curve row (averages over the steps since the previous row; FVU in scaled
-space, on the batch)."""
 
 WEIGHTS_FILENAME = "weights.safetensors"
 CFG_FILENAME = "cfg.json"
 FORMAT_VERSION = "layerwise-crosscoder-1"
-
-OnLog = Callable[[int, dict[str, float]], None]
-"""``on_log(step, row)`` with one curve row (keys :data:`CURVE_COLUMNS`)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,7 +302,7 @@ class Crosscoder(nn.Module):
 
     def decode(self, latent_acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw-space reconstructions ``(x_hat_pt, x_hat_ft)`` ``[B, D]`` of latents ``[B, F]``."""
-        return _unscale(_decode_scaled(latent_acts, self.W_dec, self.b_dec), self.cfg)
+        return unscale(_decode_scaled(latent_acts, self.W_dec, self.b_dec), self.cfg)
 
     def forward(
         self, x_pt_raw: torch.Tensor, x_ft_raw: torch.Tensor, *, use_threshold: bool = False
@@ -325,16 +310,10 @@ class Crosscoder(nn.Module):
         """Reconstruct both models' raw rows; losses in scaled space, averaged over tokens.
         ``use_threshold=False`` (the training objective) ranks latents across the batch."""
         out = crosscoder_forward(self, self.scale(x_pt_raw, x_ft_raw), use_threshold=use_threshold)
-        x_hat_pt, x_hat_ft = _unscale(out.x_hat, self.cfg)
+        x_hat_pt, x_hat_ft = unscale(out.x_hat, self.cfg)
         return CrosscoderOutput(
             x_hat_pt, x_hat_ft, out.latent_acts, out.loss, out.mse_loss, out.sparsity_loss
         )
-
-
-def _side_index(side: str) -> int:
-    if side not in SIDES:
-        raise ValueError(f"side={side!r} must be one of {list(SIDES)}")
-    return SIDES.index(side)
 
 
 def _as_rows(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -343,7 +322,7 @@ def _as_rows(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.float()
 
 
-def _unscale(x_hat_BZ: torch.Tensor, cfg: CrosscoderConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def unscale(x_hat_BZ: torch.Tensor, cfg: CrosscoderConfig) -> tuple[torch.Tensor, torch.Tensor]:
     x_pt, x_ft = x_hat_BZ.split(cfg.d_in, dim=-1)
     return x_pt / cfg.scale_factor_pt, x_ft / cfg.scale_factor_ft
 
@@ -430,11 +409,11 @@ def load_crosscoder(directory: str | Path, device: str | torch.device = "cpu") -
 
 
 # --------------------------------------------------------------------------------------------
-# The trainer
+# Paired stores (shared by training and analysis)
 # --------------------------------------------------------------------------------------------
 
 
-def _paired_rows(cfg: CrosscoderConfig, acts_pt: ArrayLike, acts_ft: ArrayLike) -> int:
+def paired_rows(cfg: CrosscoderConfig, acts_pt: ArrayLike, acts_ft: ArrayLike) -> int:
     """N, the token rows both stores share; fails naming what is off."""
     n_pt, d_pt = shape2d(acts_pt, "acts_pt")
     n_ft, d_ft = shape2d(acts_ft, "acts_ft")
@@ -448,374 +427,3 @@ def _paired_rows(cfg: CrosscoderConfig, acts_pt: ArrayLike, acts_ft: ArrayLike) 
     if n_pt == 0:
         raise ValueError("acts_pt and acts_ft have N=0 rows: nothing to train on")
     return n_pt
-
-
-class CrosscoderTrainer:
-    """Trains one crosscoder on paired ``[N, D]`` PT and FT activations (row i of both is the
-    same token): Adam with :class:`~layerwise.sae.train.TrainConfig`'s schedule (linear warmup,
-    constant, linear decay), the SAE trainer's batch order, gradient-norm clipping, a finiteness
-    check at every log point.
-
-    Batchtopk: after the last step, the inference threshold is set by
-    :func:`estimate_threshold` on ``threshold_batches`` batches of the training rows.
-
-    Args:
-        cfg: architecture and scale factors (estimate them per model first).
-        acts_pt: ``[N, D]`` PT activations (numpy, memmap or CPU tensor; float16 is read and
-            converted batch by batch).
-        acts_ft: ``[N, D]`` FT activations of the same tokens.
-        config: schedule, seed (batch order and, unless ``init_seeds`` has one entry, the
-            initial weights), device, autocast; ``stack`` does not apply.
-        on_log: called as ``on_log(step, row)`` at each log point (keys :data:`CURVE_COLUMNS`).
-        threshold_batches: batches whose cutoffs the inference threshold averages.
-    """
-
-    def __init__(
-        self,
-        cfg: CrosscoderConfig,
-        acts_pt: ArrayLike,
-        acts_ft: ArrayLike,
-        config: TrainConfig,
-        on_log: OnLog | None = None,
-        threshold_batches: int = 16,
-    ) -> None:
-        if threshold_batches < 1:
-            raise ValueError(f"threshold_batches={threshold_batches} must be >= 1")
-        self.cfg, self.config, self.on_log = cfg, config, on_log
-        self.threshold_batches = threshold_batches
-        self.n = _paired_rows(cfg, acts_pt, acts_ft)
-        self.acts = (acts_pt, acts_ft)
-        self.total_steps = config.total_steps(self.n)
-        self.warmup, self.decay = config.warmup(self.total_steps), config.decay(self.total_steps)
-        self.device = torch.device(config.device)
-        self.model = self._initial_model()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.curve: list[dict[str, float]] = []
-        self._reset_window()
-
-    def _initial_model(self) -> Crosscoder:
-        """The initial crosscoder on the device, ``b_dec`` at each model's mean scaled row (a
-        chunked pass over both stores that also rejects NaN/inf)."""
-        model = Crosscoder(self.cfg, seed=self.config.seeds_for(1)[0])
-        means = [_column_mean(a, f"acts_{side}") for a, side in zip(self.acts, SIDES, strict=True)]
-        b_dec = torch.from_numpy(np.concatenate(means)).float() * model.scale_Z
-        with torch.no_grad():
-            model.b_dec.copy_(b_dec)
-        return model.to(self.device)
-
-    def fit(self) -> tuple[Crosscoder, list[dict[str, float]]]:
-        """Train; call once. Returns the crosscoder (eval mode, on the config's device) and the
-        training curve."""
-        cfg = self.config
-        logger.info(
-            "training crosscoder %s: N=%d rows, %d steps of %d tokens, lr=%g, warmup=%d",
-            self.model.extra_repr(),
-            self.n,
-            self.total_steps,
-            cfg.batch_size,
-            cfg.lr,
-            self.warmup,
-        )
-        rng = np.random.default_rng(cfg.seed)
-        batches = _batch_indices(self.n, cfg.batch_size, self.total_steps, rng)
-        t0 = time.perf_counter()
-        bar = tqdm(total=self.total_steps, desc="crosscoder", unit="step", disable=not cfg.progress)
-        with bar:
-            for step, idx_B in enumerate(batches):
-                lr = self._set_lr(step)
-                self._train_step(idx_B)
-                bar.update(1)
-                if self._window_steps == cfg.log_every or step + 1 == self.total_steps:
-                    bar.set_postfix(loss=f"{self._log(step + 1, lr):.4g}")
-        logger.info("trained the crosscoder in %.1f s", time.perf_counter() - t0)
-        self.model.eval()
-        if self.cfg.sparsity == "batchtopk":
-            threshold = estimate_threshold(
-                self.model,
-                *self.acts,
-                n_batches=self.threshold_batches,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed,
-            )
-            self.model.threshold.fill_(threshold)
-        return self.model, self.curve
-
-    def _set_lr(self, step: int) -> float:
-        lr = self.config.lr * _lr_factor(step, self.total_steps, self.warmup, self.decay)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-    def _batch(self, idx_B: np.ndarray) -> torch.Tensor:
-        """Scaled, concatenated rows ``idx_B`` of both stores, on the device."""
-        x = torch.cat([read_rows(a, idx_B) for a in self.acts], dim=1)
-        return x.to(self.device, non_blocking=True).mul_(self.model.scale_Z)
-
-    def _train_step(self, idx_B: np.ndarray) -> None:
-        x_BZ = self._batch(idx_B)
-        dtype = self.config.autocast_dtype
-        with torch.autocast(
-            self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
-        ):
-            out = crosscoder_forward(self.model, x_BZ, use_threshold=False)
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.float().backward()
-        if self.config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self._window += _step_metrics(x_BZ, out, self.cfg.d_in)
-        self._window_steps += 1
-
-    def _reset_window(self) -> None:
-        self._window = torch.zeros(6, dtype=torch.float64, device=self.device)
-        self._window_steps = 0
-
-    def _log(self, step: int, lr: float) -> float:
-        """Close the metrics window into a curve row, check it, hand it to ``on_log``; returns
-        the row's loss."""
-        means = (self._window / self._window_steps).tolist()
-        row = dict(zip(CURVE_COLUMNS, (step, *means, lr), strict=True))
-        self.curve.append(row)
-        self._reset_window()
-        if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"non-finite crosscoder loss at step {step}: lower lr?")
-        logger.debug("step %d: %s", step, row)
-        if self.on_log is not None:
-            self.on_log(step, row)
-        return row["loss"]
-
-
-@torch.no_grad()
-def estimate_threshold(
-    cc: Crosscoder,
-    acts_pt: ArrayLike,
-    acts_ft: ArrayLike,
-    *,
-    n_batches: int = 16,
-    batch_size: int = 1024,
-    seed: int = 0,
-) -> float:
-    """The batchtopk inference threshold of ``cc``'s current weights: the mean BatchTopK cutoff
-    score over ``n_batches`` batches of paired rows, drawn as training draws them but from a
-    generator of their own (``seed``), in float32 as inference computes scores; see
-    :mod:`layerwise.sae.batch_topk` for why after training and not during it."""
-    if cc.cfg.sparsity != "batchtopk":
-        raise ValueError(f"an {cc.cfg.sparsity} crosscoder has no inference threshold")
-    n = _paired_rows(cc.cfg, acts_pt, acts_ft)
-    rng = np.random.default_rng([seed, 1])
-    cutoffs = []
-    for idx_B in _batch_indices(n, batch_size, n_batches, rng):
-        x_BZ = cc.scale(*(read_rows(a, idx_B) for a in (acts_pt, acts_ft)))
-        cutoffs.append(crosscoder_forward(cc, x_BZ, use_threshold=False).cutoff)
-    return float(torch.stack(cutoffs).double().mean())
-
-
-@torch.no_grad()
-def _step_metrics(x_BZ: torch.Tensor, out: CrosscoderPass, d_in: int) -> torch.Tensor:
-    """``[loss, mse_loss, sparsity_loss, l0, fvu_pt, fvu_ft]`` of one step (no host sync)."""
-    var_2 = (x_BZ - x_BZ.mean(0)).pow(2).view(-1, 2, d_in).sum((0, 2))
-    fvu_2 = out.sq_err.sum(0) / var_2.clamp_min(1e-12)
-    l0 = out.latent_acts.sign().sum(-1).mean()  # acts >= 0: sign() is the firing indicator
-    head = [t.double() for t in (out.loss, out.mse_loss, out.sparsity_loss, l0)]
-    return torch.cat([torch.stack(head), fvu_2.double()])
-
-
-# --------------------------------------------------------------------------------------------
-# Analysis: decoder norms, classes, Latent Scaling, quality per model
-# --------------------------------------------------------------------------------------------
-
-
-def decoder_norms(cc: Crosscoder) -> np.ndarray:
-    """``[F, 2]`` float64 L2 norm of each latent's decoder row per model (columns
-    :data:`SIDES`), in the scaled space both models were trained in."""
-    return cc.decoders().detach().double().norm(dim=-1).cpu().numpy()
-
-
-def relative_norms(cc: Crosscoder) -> np.ndarray:
-    """``[F]`` relative decoder norm ``r = |d_FT| / (|d_PT| + |d_FT|)``: 0 for a latent only
-    the PT model uses, 1 for FT-only, 0.5 for one used alike (and for an all-zero latent, which
-    says nothing either way)."""
-    norms = decoder_norms(cc)
-    total = norms.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, norms[:, 1] / total, 0.5)
-
-
-def classify_latents(
-    relative: np.ndarray, *, pt_only_below: float = 0.1, ft_only_above: float = 0.9
-) -> np.ndarray:
-    """``[F]`` class of each latent by relative norm: ``"pt_only"`` (r < ``pt_only_below``),
-    ``"ft_only"`` (r > ``ft_only_above``), else ``"shared"`` (see :data:`LATENT_CLASSES`)."""
-    if not 0 <= pt_only_below < ft_only_above <= 1:
-        raise ValueError(
-            f"need 0 <= pt_only_below={pt_only_below} < ft_only_above={ft_only_above} <= 1"
-        )
-    relative = np.asarray(relative, dtype=np.float64)
-    classes = np.full(relative.shape, "shared", dtype=object)
-    classes[relative < pt_only_below] = "pt_only"
-    classes[relative > ft_only_above] = "ft_only"
-    return classes.astype(str)
-
-
-class LatentScaling(NamedTuple):
-    """Latent Scaling (Minder et al. 2025) of K latents said to live in model ``present`` only.
-
-    For latent j with decoder row ``d`` in the present model and activations ``f_i`` over tokens
-    i, each model m gets ``beta = sum_i f_i <d, y_i> / (|d|^2 sum_i f_i^2)``, the least-squares
-    scale of ``f d`` that best explains a target ``y``: the *error* ``x_m - x_hat_m + f d_m``
-    (what the crosscoder leaves unexplained in m once j's own contribution is removed) and the
-    *reconstruction* ``x_hat_m - b_dec_m`` (what the latents carry; the decoder bias is left
-    out, unlike Minder et al.'s code, because it is no latent, and with BERT's large-mean
-    outlier dimensions its projection would swamp the latents'). The ratios absent / present
-    are near 0 for a latent that truly exists in one model only; a large error ratio means the
-    absent model holds the direction but the decoder dropped it (Complete Shrinkage), a large
-    reconstruction ratio that other latents represent it there (Latent Decoupling).
-    """
-
-    latents: np.ndarray
-    """``[K]`` latent indices."""
-    present: str
-    """The model the latents are said to live in (``"pt"`` or ``"ft"``)."""
-    beta_error: np.ndarray
-    """``[K, 2]`` beta of the error target per model (columns :data:`SIDES`)."""
-    beta_reconstruction: np.ndarray
-    """``[K, 2]`` beta of the reconstruction target per model."""
-    ratio_error: np.ndarray
-    """``[K]`` ``nu_error``: absent model's error beta / present model's."""
-    ratio_reconstruction: np.ndarray
-    """``[K]`` ``nu_reconstruction``: the same for the reconstruction betas."""
-    n_active: np.ndarray
-    """``[K]`` tokens on which the latent fired (betas are NaN where 0)."""
-
-
-class _ScalingSums:
-    """Float64 sums over tokens for :func:`latent_scaling`: per model ``(x - b_dec)^T f`` and
-    ``(x_hat - b_dec)^T f`` (``[2, D, K]``), and ``sum f^2``, firing counts (``[K]``)."""
-
-    def __init__(self, d_in: int, n_latents: int, device: torch.device) -> None:
-        kw = {"dtype": torch.float64, "device": device}
-        self.x_f = torch.zeros(2, d_in, n_latents, **kw)
-        self.x_hat_f = torch.zeros(2, d_in, n_latents, **kw)
-        self.f_sq = torch.zeros(n_latents, **kw)
-        self.n_active = torch.zeros(n_latents, **kw)
-
-    def add(
-        self, x_BZ: torch.Tensor, out: CrosscoderPass, latents: torch.Tensor, b_dec_Z: torch.Tensor
-    ) -> None:
-        f_BK = out.latent_acts[:, latents]
-        n_rows = x_BZ.shape[0]
-        for total, rows_BZ in ((self.x_f, x_BZ), (self.x_hat_f, out.x_hat)):
-            centred_BMD = (rows_BZ - b_dec_Z).view(n_rows, 2, -1)
-            total += torch.einsum("bmd,bk->mdk", centred_BMD, f_BK).double()
-        self.f_sq += f_BK.double().pow(2).sum(0)
-        self.n_active += (f_BK > 0).sum(0).double()
-
-
-@torch.no_grad()
-def latent_scaling(
-    cc: Crosscoder,
-    acts_pt: ArrayLike,
-    acts_ft: ArrayLike,
-    latents: np.ndarray,
-    *,
-    present: str = "ft",
-    batch_size: int = 4096,
-    device: str | torch.device | None = None,
-) -> LatentScaling:
-    """Latent Scaling of ``latents`` (said to live in model ``present`` only) over every paired
-    row of ``acts_pt`` / ``acts_ft``, in one streaming pass, in scaled space; see
-    :class:`LatentScaling`. The betas use the latents' decoder rows in the present model and
-    their inference-time activations."""
-    n = _paired_rows(cc.cfg, acts_pt, acts_ft)
-    p = _side_index(present)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    cc = on_device(cc, device)
-    idx_K = torch.as_tensor(np.asarray(latents, dtype=np.int64), device=cc.device)
-    sums = _ScalingSums(cc.cfg.d_in, len(idx_K), cc.device)
-    for start in range(0, n, batch_size):
-        x_BZ = cc.scale(*_checked_rows(acts_pt, acts_ft, start, min(start + batch_size, n)))
-        sums.add(x_BZ, crosscoder_forward(cc, x_BZ, use_threshold=True), idx_K, cc.b_dec)
-    W_dec_K2D = cc.decoders()[idx_K].double()
-    d_KD = W_dec_K2D[:, p]
-    denom_K = d_KD.pow(2).sum(-1) * sums.f_sq
-    proj_x_K2 = torch.einsum("mdk,kd->km", sums.x_f, d_KD)
-    proj_rec_K2 = torch.einsum("mdk,kd->km", sums.x_hat_f, d_KD)
-    own_K2 = torch.einsum("kmd,kd->km", W_dec_K2D, d_KD) * sums.f_sq[:, None]
-    beta_err = ((proj_x_K2 - proj_rec_K2 + own_K2) / denom_K[:, None]).cpu().numpy()
-    beta_rec = (proj_rec_K2 / denom_K[:, None]).cpu().numpy()
-    a = 1 - p
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio_err = beta_err[:, a] / beta_err[:, p]
-        ratio_rec = beta_rec[:, a] / beta_rec[:, p]
-    return LatentScaling(
-        np.asarray(latents, dtype=np.int64),
-        present,
-        beta_err,
-        beta_rec,
-        ratio_err,
-        ratio_rec,
-        sums.n_active.cpu().numpy().astype(np.int64),
-    )
-
-
-def flag_artefacts(scaling: LatentScaling, *, max_ratio: float = 0.3) -> np.ndarray:
-    """``[K]`` True where a latent's "only" is not confirmed: its error or reconstruction ratio
-    is above ``max_ratio`` (the absent model carries the latent's direction after all), or it
-    never fired on the data (no evidence)."""
-    if not (math.isfinite(max_ratio) and max_ratio > 0):
-        raise ValueError(f"max_ratio={max_ratio} must be finite and > 0")
-    ratios = np.stack([scaling.ratio_error, scaling.ratio_reconstruction])
-    confirmed = np.isfinite(ratios).all(0) & (np.abs(ratios) <= max_ratio).all(0)
-    return ~confirmed
-
-
-def _checked_rows(
-    acts_pt: ArrayLike, acts_ft: ArrayLike, start: int, stop: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw rows ``start:stop`` of both stores as float32 CPU tensors, checked finite."""
-    chunks = []
-    for acts, side in zip((acts_pt, acts_ft), SIDES, strict=True):
-        chunk = rows_numpy(acts, start, stop)
-        raise_nonfinite(chunk, start, f"acts_{side}")
-        chunks.append(torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)))
-    return chunks[0], chunks[1]
-
-
-class CrosscoderEvaluation(NamedTuple):
-    """Per-model quality and per-latent firing frequencies from one pass over an eval set."""
-
-    metrics: dict[str, dict[str, float]]
-    """Per model (keys :data:`SIDES`): ``schema.SAE_METRIC_KEYS``, raw space. ``l0``,
-    ``dead_frac`` and ``dense_frac`` count the shared latents, so they agree across models."""
-    latent_freq: np.ndarray
-    """``[F]`` float64 fraction of eval tokens on which each latent fires."""
-
-
-@torch.no_grad()
-def evaluate_crosscoder(
-    cc: Crosscoder,
-    acts_pt: ArrayLike,
-    acts_ft: ArrayLike,
-    *,
-    batch_size: int = 4096,
-    device: str | torch.device | None = None,
-    dense_threshold: float = 0.1,
-) -> CrosscoderEvaluation:
-    """Raw-space FVU, MSE, cosine, L0, dead and dense fractions of each model's reconstruction,
-    by the SAE definitions (:func:`layerwise.sae.evaluate.evaluate_sae_detailed`: float64 sums
-    over the whole set, variance about the set's own mean), with inference-time latents."""
-    n = _paired_rows(cc.cfg, acts_pt, acts_ft)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    cc = on_device(cc, device)
-    d, f = cc.cfg.d_in, cc.cfg.d_latent
-    sums = [_Sums(d, f, cc.device) for _ in SIDES]
-    for start in range(0, n, batch_size):
-        rows = _checked_rows(acts_pt, acts_ft, start, min(start + batch_size, n))
-        out = crosscoder_forward(cc, cc.scale(*rows), use_threshold=True)
-        for side_sums, x, x_hat in zip(sums, rows, _unscale(out.x_hat, cc.cfg), strict=True):
-            side_sums.add(x.to(cc.device), out.latent_acts, x_hat)
-    results = [s.result(n, d, dense_threshold) for s in sums]
-    metrics = {side: r.metrics for side, r in zip(SIDES, results, strict=True)}
-    return CrosscoderEvaluation(metrics, results[0].feature_freq)
