@@ -187,3 +187,26 @@ def tiny_params(tmp_path: Path, tiny_bert_dir: Path, keyword_csv: Path) -> Path:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     load_params(path)  # fails here, naming the key, if the overrides went stale
     return path
+
+
+def keyword_splits(directory: Path, n: int, max_train: int, max_val: int, max_analysis: int):
+    """Stratified keyword splits as prepare@kw makes them, from an ``n``-row keyword CSV."""
+    from layerwise import data
+    from layerwise.config import LabelSpec, TaskDef
+
+    path = write_keyword_csv(directory / "kw.csv", n=n, seed=0)
+    task = TaskDef(
+        source=str(path),
+        format="csv",
+        labels=LabelSpec(kind="column"),
+        max_train=max_train,
+        max_val=max_val,
+        max_analysis=max_analysis,
+    )
+    return data.stratified_splits(data.build_dataset(task, 3, "kw"), task, 0, "kw")
+
+
+@pytest.fixture(scope="module")
+def pipeline_stages() -> dict[str, ModuleType]:
+    """The prepare, finetune and compare stage scripts, imported once per test module."""
+    return {name: load_stage(name) for name in ("prepare", "finetune", "compare")}

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_PARAMS, load_stage, write_keyword_csv
+from conftest import REPO_PARAMS, keyword_splits, write_keyword_csv
 
 from layerwise import data, io
 from layerwise.activations import (
@@ -28,7 +28,7 @@ from layerwise.activations import (
     pad_batch,
     tokenize_texts,
 )
-from layerwise.config import CompareParams, ConfigError, TaskDef
+from layerwise.config import CompareParams, ConfigError
 from layerwise.models import load_config, load_encoder, load_tokenizer
 from layerwise.paths import Paths
 from layerwise.pipeline.compare import check_pair, run_compare
@@ -45,17 +45,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def stages() -> dict[str, ModuleType]:
-    """The stage scripts this file drives, imported once."""
-    return {name: load_stage(name) for name in ("prepare", "finetune", "compare")}
+def stages(pipeline_stages: dict[str, ModuleType]) -> dict[str, ModuleType]:
+    """The stage scripts this file drives (conftest's ``pipeline_stages``)."""
+    return pipeline_stages
 
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Keyword splits 60 / 20 / 30, as prepare@kw makes them from the conftest CSV."""
-    path = write_keyword_csv(tmp_path_factory.mktemp("kw") / "kw.csv")
-    task = TaskDef(source=str(path), format="csv", max_train=60, max_val=20, max_analysis=30)
-    return data.stratified_splits(data.build_dataset(task, 3, "kw"), task, 0, "kw")
+    return keyword_splits(tmp_path_factory.mktemp("kw"), 120, 60, 20, 30)
 
 
 @pytest.fixture(scope="module")

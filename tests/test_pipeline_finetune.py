@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import load_stage, write_keyword_csv
+from conftest import keyword_splits, write_keyword_csv
 
 from layerwise import data, io
-from layerwise.config import ConfigError, FinetuneParams, LabelSpec, TaskDef
+from layerwise.config import ConfigError, FinetuneParams, TaskDef
 from layerwise.models import ModelError, load_classifier, load_tokenizer
 from layerwise.paths import Paths
 from layerwise.pipeline.finetune import FinetuneResult, finetune
@@ -40,25 +40,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def stages() -> dict[str, ModuleType]:
-    """The stage scripts this file drives, imported once."""
-    return {name: load_stage(name) for name in ("prepare", "finetune", "compare")}
+def stages(pipeline_stages: dict[str, ModuleType]) -> dict[str, ModuleType]:
+    """The stage scripts this file drives (conftest's ``pipeline_stages``)."""
+    return pipeline_stages
 
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Keyword splits 120 / 40 / 40 (200 texts: with 60 train texts the frozen-feature probe
     stays at 0.7, with 120 it is clearly above chance)."""
-    path = write_keyword_csv(tmp_path_factory.mktemp("kw") / "kw.csv", n=200, seed=0)
-    task = TaskDef(
-        source=str(path),
-        format="csv",
-        labels=LabelSpec(kind="column"),
-        max_train=120,
-        max_val=40,
-        max_analysis=40,
-    )
-    return data.stratified_splits(data.build_dataset(task, 3, "kw"), task, 0, "kw")
+    return keyword_splits(tmp_path_factory.mktemp("kw"), 200, 120, 40, 40)
 
 
 def run_finetune(
