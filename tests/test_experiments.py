@@ -20,7 +20,7 @@ PAPER = {
     "claims/tiny/kw/C1": 1.0,
     "claims/tiny/kw/C2": 0.5,
     "claims/tiny/kw/C3": 0.0,
-    "claims/tiny/kw/rho_cosine": -0.9,
+    "claims/tiny/kw/late_below_band": -0.9,
     "claims/tiny/kw/cosine_late": 0.41,
 }
 
@@ -76,7 +76,7 @@ def test_table_shows_verdicts_means_and_gaps() -> None:
     cells = dict(zip(header, lines[main + 1].split(), strict=True))
     assert cells["model/task"] == "tiny/kw"
     assert (cells["C1"], cells["C2"], cells["C3"]) == ("yes", "part", "no")
-    assert cells["rho_cos"] == "-0.90"
+    assert cells["late_vs_seeds"] == "-0.900"
     assert cells["cos_late"] == "0.410"
     assert cells["cos_early"] == "-"
     assert cells["ft_acc"] == "0.700"

@@ -47,7 +47,9 @@ COLUMNS = (
     Column("C1", "claims", "C1", "verdict"),
     Column("C2", "claims", "C2", "verdict"),
     Column("C3", "claims", "C3", "verdict"),
-    Column("rho_cos", "claims", "rho_cosine", "{:+.2f}"),
+    Column("late_vs_seeds", "claims", "late_below_band", "{:+.3f}"),
+    Column("late_vs_shuf", "claims", "late_below_shuffled", "{:+.3f}"),
+    Column("reset_late", "claims", "reset_late_lost"),
     Column("cos_early", "claims", "cosine_early"),
     Column("cos_late", "claims", "cosine_late"),
     Column("sel_ft", "claims", "selectivity_top_ft_late"),
@@ -57,7 +59,9 @@ COLUMNS = (
     Column("sae_fvu", "sae", "fvu"),
     Column("sae_l0", "sae", "l0", "{:.1f}"),
 )
-"""C1-C3: the verdicts; rho_cos: Spearman rho of token cosine vs layer; cos_early / cos_late:
+"""C1-C3: the verdicts; late_vs_seeds / late_vs_shuf: how far the late-layer PT-FT cosine falls
+below the FT-FT seed band / the shuffled-label curve; reset_late: share of the gain lost by
+resetting the late blocks; cos_early / cos_late:
 PT-FT cosine at the early and late SAE layer; sel_ft / sel_pt: top feature selectivity of the
 late-layer FT / PT SAE; ft_acc / probe_acc: fine-tuned and PT linear-probe accuracy; sae_fvu /
 sae_l0: the SAEs' fraction of variance unexplained and mean active features."""
