@@ -45,12 +45,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def stages(pipeline_stages: dict[str, ModuleType]) -> dict[str, ModuleType]:
-    """The stage scripts this file drives (conftest's ``pipeline_stages``)."""
-    return pipeline_stages
-
-
-@pytest.fixture(scope="module")
 def splits(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Keyword splits 60 / 20 / 30, as prepare@kw makes them from the conftest CSV."""
     return keyword_splits(tmp_path_factory.mktemp("kw"), 120, 60, 20, 30)

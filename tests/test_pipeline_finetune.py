@@ -40,12 +40,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def stages(pipeline_stages: dict[str, ModuleType]) -> dict[str, ModuleType]:
-    """The stage scripts this file drives (conftest's ``pipeline_stages``)."""
-    return pipeline_stages
-
-
-@pytest.fixture(scope="module")
 def splits(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Keyword splits 120 / 40 / 40 (200 texts: with 60 train texts the frozen-feature probe
     stays at 0.7, with 120 it is clearly above chance)."""
