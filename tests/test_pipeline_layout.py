@@ -60,6 +60,36 @@ PATH_TEMPLATES: dict[str, Callable[[Paths, Any], Path]] = {
     "results/${item.model}/${item.task}/s${item.seed}/similarity.csv": (
         lambda p, i: p.similarity_csv(**i)
     ),
+    "results/${item.model}/${item.task}/sae_baseline.json": lambda p, i: p.sae_baseline_json(**i),
+    "results/${item.model}/${item.task}/sae_baseline.csv": lambda p, i: p.sae_baseline_csv(**i),
+    "models/${item.model}/${item.task}/s${item.seed}/crosscoder": (lambda p, i: p.crosscoders(**i)),
+    "results/${item.model}/${item.task}/s${item.seed}/crosscoder.json": (
+        lambda p, i: p.crosscoder_json(**i)
+    ),
+    "results/${item.model}/${item.task}/s${item.seed}/crosscoder.csv": (
+        lambda p, i: p.crosscoder_csv(**i)
+    ),
+    "metrics/crosscoder/${item.model}/${item.task}/s${item.seed}.json": (
+        lambda p, i: p.crosscoder_metrics(**i)
+    ),
+    "plots/crosscoder/${item.model}/${item.task}/s${item.seed}.csv": (
+        lambda p, i: p.crosscoder_curve(**i)
+    ),
+    "models/${item.model}/${item.task}/shuffled/crosscoder": (
+        lambda p, i: p.crosscoders(**i, seed="shuffled")
+    ),
+    "results/${item.model}/${item.task}/shuffled/crosscoder.json": (
+        lambda p, i: p.crosscoder_json(**i, seed="shuffled")
+    ),
+    "results/${item.model}/${item.task}/shuffled/crosscoder.csv": (
+        lambda p, i: p.crosscoder_csv(**i, seed="shuffled")
+    ),
+    "metrics/crosscoder/${item.model}/${item.task}/shuffled.json": (
+        lambda p, i: p.crosscoder_metrics(**i, seed="shuffled")
+    ),
+    "plots/crosscoder/${item.model}/${item.task}/shuffled.csv": (
+        lambda p, i: p.crosscoder_curve(**i, seed="shuffled")
+    ),
     "models/${item.model}/${item.task}/s${item.seed}/sae": lambda p, i: p.saes(**i),
     "metrics/sae/${item.model}/${item.task}/s${item.seed}.json": lambda p, i: p.sae_metrics(**i),
     "plots/sae/${item.model}/${item.task}/s${item.seed}.csv": lambda p, i: p.sae_curve(**i),

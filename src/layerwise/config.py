@@ -394,6 +394,58 @@ class SAEParams:
 
 
 @dataclass
+class CrosscoderParams:
+    """Crosscoders: one dictionary trained jointly on the PT and FT activations of the same
+    tokens, with one decoder per model (model diffing; see ``layerwise.sae.crosscoder``)."""
+
+    sparsity: Literal["batchtopk", "l1"] = "batchtopk"
+    """``batchtopk``: the k * batch best latent scores of a batch (Minder et al. 2025); ``l1``:
+    ReLU + decoder-norm-weighted L1 (Lindsey et al. 2024)."""
+    expansion: float = 4.0
+    """Latents = expansion x model width."""
+    k: int = 32
+    """Mean active latents per token for ``batchtopk``."""
+    l1_coefficient: float = 1.0
+    """``l1`` only: weight of the penalty, scaled space."""
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    lr_decay_ratio: float = 0.2
+    batch_size: int = 1024
+    train_tokens: int = 400_000
+    """Training tokens per crosscoder (passes over the paired train store)."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """As ``sae.precision``."""
+    eval_batch_size: int = 4096
+    pt_only_below: float = 0.1
+    """A latent is PT-only when its relative FT decoder norm r = |d_FT| / (|d_PT| + |d_FT|) is
+    below this ..."""
+    ft_only_above: float = 0.9
+    """... FT-only when r is above this, shared otherwise."""
+    scaling_max_ratio: float = 0.3
+    """Latent Scaling: a PT-only / FT-only latent whose other model still explains this share
+    of what it explains on its own side is flagged an artefact and not counted as 'only'."""
+    n_permutations: int = 20
+    """Label permutations behind each layer's selectivity null."""
+    top_latents: int = 5
+    """FT-only latents per layer in the paper's table (by selectivity)."""
+
+    def validate(self, prefix: str) -> None:
+        for name in ("expansion", "learning_rate", "batch_size", "eval_batch_size"):
+            _positive(prefix, name, getattr(self, name))
+        for name in ("k", "train_tokens", "n_permutations", "top_latents"):
+            _positive(prefix, name, getattr(self, name))
+        _non_negative(prefix, "l1_coefficient", self.l1_coefficient)
+        _non_negative(prefix, "warmup_steps", self.warmup_steps)
+        _fraction(prefix, "lr_decay_ratio", self.lr_decay_ratio, open_right=True)
+        _fraction(prefix, "scaling_max_ratio", self.scaling_max_ratio)
+        if not 0 <= self.pt_only_below < self.ft_only_above <= 1:
+            raise ConfigError(
+                f"need 0 <= {prefix}.pt_only_below={self.pt_only_below} < "
+                f"{prefix}.ft_only_above={self.ft_only_above} <= 1"
+            )
+
+
+@dataclass
 class FeaturesParams:
     """Which SAE features change with fine-tuning."""
 
@@ -412,12 +464,23 @@ class FeaturesParams:
     top_tokens: int = 8
     token_min_count: int = 5
     """A token id must occur this often to be listed among a feature's top tokens."""
+    n_permutations: int = 20
+    """Label permutations behind each unit's selectivity null (selectivity is a maximum of
+    one-vs-rest AUCs, so chance is above 0.5 and grows with the class count)."""
+    exclude_special: bool = True
+    """Leave [CLS]/[SEP]-type features (most of their activation on special tokens) out of the
+    top-feature selection; they are counted and reported apart either way."""
+    special_share: float = 0.5
+    """A feature is a special-token feature when at least this share of its activation mass
+    on the analysis split sits on special tokens."""
 
     def validate(self, prefix: str) -> None:
         for name in ("top_n", "top_k", "examples_per_label", "top_tokens", "token_min_count"):
             _positive(prefix, name, getattr(self, name))
         _fraction(prefix, "selectivity_threshold", self.selectivity_threshold)
         _fraction(prefix, "kept_threshold", self.kept_threshold)
+        _positive(prefix, "n_permutations", self.n_permutations)
+        _fraction(prefix, "special_share", self.special_share)
 
 
 @dataclass
@@ -435,6 +498,15 @@ class PaperParams:
     """The middle of the network starts at this relative depth (layer / L) ..."""
     middle_hi: float = 2 / 3
     """... and ends here: C2's transition must lie in [middle_lo, middle_hi]."""
+    ft_only_margin: float = 0.02
+    """C3: the late layer's crosscoder FT-only fraction must exceed both the early layer's and
+    the shuffled-label control's late one by at least this (seed-level CI above zero)."""
+    selectivity_margin: float = 0.02
+    """C3: late FT features' split-half selectivity must exceed its permutation null (and the
+    PT features' excess) by at least this."""
+    overlap_rel_max: float = 0.9
+    """C3: late PT-FT dictionary overlap, normalised between the random floor (0) and the
+    PT-PT seed baseline (1), must stay below this."""
     dpi: int = 160
 
     def validate(self, prefix: str) -> None:
@@ -444,6 +516,9 @@ class PaperParams:
             raise ConfigError(f"{prefix}.reset_small must be below {prefix}.reset_large")
         if not self.middle_lo < self.middle_hi:
             raise ConfigError(f"{prefix}.middle_lo must be below {prefix}.middle_hi")
+        for name in ("ft_only_margin", "selectivity_margin"):
+            _non_negative(prefix, name, getattr(self, name))
+        _positive(prefix, "overlap_rel_max", self.overlap_rel_max)
         _positive(prefix, "dpi", self.dpi)
 
 
@@ -475,6 +550,7 @@ class Params:
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     compare: CompareParams = field(default_factory=CompareParams)
     sae: SAEParams = field(default_factory=SAEParams)
+    crosscoder: CrosscoderParams = field(default_factory=CrosscoderParams)
     features: FeaturesParams = field(default_factory=FeaturesParams)
     paper: PaperParams = field(default_factory=PaperParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)

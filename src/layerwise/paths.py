@@ -86,6 +86,29 @@ class Paths:
     def sae_curve(self, model: str, task: str, seed: Run) -> Path:
         return self.root / "plots" / "sae" / model / task / f"{run_name(seed)}.csv"
 
+    # sae_baseline@<model>-<task>
+    def sae_baseline_json(self, model: str, task: str) -> Path:
+        return self.root / "results" / model / task / "sae_baseline.json"
+
+    def sae_baseline_csv(self, model: str, task: str) -> Path:
+        return self.root / "results" / model / task / "sae_baseline.csv"
+
+    # crosscoder@<model>-<task>-<seed> and crosscoder_shuffled@<model>-<task>
+    def crosscoders(self, model: str, task: str, seed: Run) -> Path:
+        return self.run_dir("models", model, task, seed) / "crosscoder"
+
+    def crosscoder_json(self, model: str, task: str, seed: Run) -> Path:
+        return self.run_dir("results", model, task, seed) / "crosscoder.json"
+
+    def crosscoder_csv(self, model: str, task: str, seed: Run) -> Path:
+        return self.run_dir("results", model, task, seed) / "crosscoder.csv"
+
+    def crosscoder_metrics(self, model: str, task: str, seed: Run) -> Path:
+        return self.root / "metrics" / "crosscoder" / model / task / f"{run_name(seed)}.json"
+
+    def crosscoder_curve(self, model: str, task: str, seed: Run) -> Path:
+        return self.root / "plots" / "crosscoder" / model / task / f"{run_name(seed)}.csv"
+
     # features@<model>-<task>-<seed>
     def features_json(self, model: str, task: str, seed: Run) -> Path:
         return self.run_dir("results", model, task, seed) / "features.json"

@@ -7,7 +7,7 @@ Nothing here imports another ``layerwise`` module, so depending on it costs a st
 
 from __future__ import annotations
 
-STAGES = ("prepare", "finetune", "compare", "sae", "features")
+STAGES = ("prepare", "finetune", "compare", "sae", "crosscoder", "features")
 """Stages that run per (model, task, seed) before ``paper`` (``prepare`` per task only)."""
 CONTROLS = ("shuffled",)
 """Control runs: ``shuffled`` is a fine-tune on the same texts with labels permuted within the
@@ -92,6 +92,86 @@ SAE_METRIC_KEYS = ("mse", "explained_variance", "fvu", "l0", "dead_frac", "dense
 """Per-SAE evaluation metrics, all in raw (unscaled) activation space: ``<unit>/<key>``."""
 SAE_CURVE_COLUMNS = ("step", "sae", "loss", "mse_loss", "sparsity_loss", "l0", "fvu", "lr")
 """The SAE training curve CSV (``sae`` = the SAE's position in the run's stack)."""
+SAE_SPLICE_KEYS = (
+    "ft_accuracy_spliced",
+    "ft_accuracy_ablated",
+    "ft_recovered_accuracy",
+    "ft_recovered_accuracy_lo",
+    "ft_recovered_accuracy_hi",
+    "ft_loss_clean",
+    "ft_loss_spliced",
+    "ft_loss_ablated",
+    "ft_recovered_loss",
+    "ft_recovered_loss_lo",
+    "ft_recovered_loss_hi",
+)
+"""Per FT unit ``<unit>/<key>``: val accuracy and loss of the FT classifier with the layer
+replaced by its SAE reconstruction (spliced) or by its mean over val tokens (ablated), and the
+share recovered, ``(spliced - ablated) / (clean - ablated)``, with a paired bootstrap CI over
+val texts (``_lo``/``_hi``). Clean accuracy is ``ft/accuracy_clean``."""
+
+# sae_baseline@<model>-<task>
+SAE_BASELINE_COLUMNS = (
+    "layer",
+    "depth",
+    "seed",
+    "other_seed",
+    "mmcs_pt_ft",
+    "mmcs_pt_pt",
+    "mmcs_ft_ft",
+    "mmcs_floor",
+    "overlap_rel",
+    "l0_pt",
+    "l0_ft",
+)
+"""sae_baseline.csv: one row per (SAE layer, seed). Symmetric MMCS (mean of both directions'
+mean max |cos| over alive decoder rows) of that seed's PT vs FT SAEs, of its PT SAE vs the PT
+SAE of ``other_seed`` (the seed baseline: same PT model and train split, another SAE seed and
+token sample), likewise FT vs FT, and of random directions of the same counts (the floor);
+``overlap_rel = (mmcs_pt_ft - floor) / (mmcs_pt_pt - floor)`` (NaN with one seed)."""
+
+# crosscoder@<model>-<task>-<seed> and crosscoder_shuffled@<model>-<task>
+CROSSCODER_LAYER_COLUMNS = (
+    "layer",
+    "depth",
+    "n_latents",
+    "alive_frac",
+    "pt_only_frac",
+    "shared_frac",
+    "ft_only_frac",
+    "ft_only_artefact_frac",
+    "fvu_pt",
+    "fvu_ft",
+    "l0",
+    "dead_frac",
+    "selectivity_shared",
+    "selectivity_ft_only",
+    "selectivity_null",
+    "selectivity_excess_shared",
+    "selectivity_excess_ft_only",
+    "ft_recovered_accuracy",
+)
+"""crosscoder.csv: one row per SAE layer. Class fractions are over alive latents (latents that
+fire on the analysis split), by relative FT decoder norm; an FT-only (PT-only) latent flagged by
+Latent Scaling counts as shared and is counted in ``ft_only_artefact_frac``. Selectivity: mean
+split-half label selectivity of the class's alive latents; null: the same under label
+permutations; excess = value - null (NaN when a class is empty). ``ft_recovered_accuracy``:
+share of the FT classifier's val accuracy recovered by splicing the FT reconstruction, relative
+to mean-ablating the layer."""
+CROSSCODER_HIST_BINS = 20
+"""Bins of the relative-decoder-norm histogram on [0, 1] in crosscoder.json."""
+CROSSCODER_CURVE_COLUMNS = (
+    "step",
+    "layer",
+    "loss",
+    "mse_loss",
+    "sparsity_loss",
+    "l0",
+    "fvu_pt",
+    "fvu_ft",
+    "lr",
+)
+"""The crosscoder training curve CSV, one block of rows per layer."""
 
 # features@<model>-<task>-<seed>
 FEATURE_LAYER_COLUMNS = (
@@ -105,8 +185,19 @@ FEATURE_LAYER_COLUMNS = (
     "selective_frac_ft",
     "alive_pt",
     "alive_ft",
+    "selectivity_null_pt",
+    "selectivity_null_ft",
+    "selectivity_excess_pt",
+    "selectivity_excess_ft",
+    "special_frac_pt",
+    "special_frac_ft",
 )
-"""features.csv: one row per SAE layer."""
+"""features.csv: one row per SAE layer. ``mmcs`` / ``kept_frac``: FT -> PT, alive features.
+Calibrated columns: the top features are selected by variance on one half of the analysis
+texts and scored on the other (split-half); ``selectivity_null_*`` is the mean selectivity of
+the same features under label permutations, ``selectivity_excess_* = selectivity_top_* -
+null``; ``special_frac_*``: share of the unit's alive features that are [CLS]/[SEP]-type
+(``features.special_share``), excluded from selection when ``features.exclude_special``."""
 
 
 def run_item(model: str, task: str, seed: int) -> str:
