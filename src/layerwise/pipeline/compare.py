@@ -104,6 +104,7 @@ def run(args: StageArgs) -> dict:
                 p.finetune.max_length,
                 args.seed,
                 store,
+                token_seed=p.seed,
             )
             summary = _write_outputs(result, args, paths, staging, tracked)
         _log_rows(result.layers)
@@ -188,8 +189,14 @@ def run_compare(
     seed: int,
     store_dir: Path,
     progress: bool = True,
+    token_seed: int | None = None,
 ) -> CompareResult:
-    """Similarity per layer (with CIs) on the analysis split; activation stores for SAEs."""
+    """Similarity per layer (with CIs) on the analysis split; activation stores for SAEs.
+
+    ``token_seed`` (default ``seed``) picks the train texts of the SAE store. The stage passes
+    the data seed, so every training seed's store holds the same tokens: the PT half is then
+    identical across seeds, and PT SAEs of different seeds are a seed baseline on the same
+    activations."""
     special = sorted(set(tokenizer.all_special_ids))
     pooling = probe_pooling(params.pooling, encoders.pt.config)
     analysis = splits["analysis"]
@@ -208,7 +215,8 @@ def run_compare(
     )
     train = splits["train"]
     train_ids = tokenize_texts(tokenizer, list(train["text"]), max_length)
-    chosen, _ = budget_texts([len(x) for x in train_ids], params.token_budget, seed)
+    token_seed = seed if token_seed is None else token_seed
+    chosen, _ = budget_texts([len(x) for x in train_ids], params.token_budget, token_seed)
     n_train = write_store(
         encoders,
         [train_ids[i] for i in chosen],
