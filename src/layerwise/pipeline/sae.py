@@ -3,25 +3,23 @@ FT models, judged by MSE, explained variance, L0, dead/dense fractions and splic
 
 Every (PT|FT, layer) SAE of a run trains in one pass over the activation stores, is evaluated on
 the held-out analysis tokens, and the fine-tuned classifier is rerun with each FT layer replaced
-by its SAE reconstruction ("spliced accuracy").
+by its SAE reconstruction: val accuracy and loss, and the share of them the reconstruction
+recovers relative to mean-ablating the layer (:mod:`layerwise.splice`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from layerwise import io
-from layerwise.activations import ActivationStore, iterate_batches, tokenize_texts
-from layerwise.architectures import hidden_state_module
+from layerwise import io, splice
+from layerwise.activations import ActivationStore
 from layerwise.cli import StageArgs, prefixed, stage_run
-from layerwise.config import ConfigError, SAEParams, section_dict
+from layerwise.config import CompareParams, ConfigError, SAEParams, section_dict
 from layerwise.data import load_splits
 from layerwise.models import (
     autocast_dtype,
@@ -43,7 +41,7 @@ from layerwise.sae.train import (
     check_finite,
     estimate_scale_factor,
 )
-from layerwise.schema import SAE_CURVE_COLUMNS, SAE_METRIC_KEYS, unit_name
+from layerwise.schema import SAE_CURVE_COLUMNS, SAE_METRIC_KEYS, SAE_SPLICE_KEYS, unit_name
 from layerwise.tracking import StageRun
 
 logger = logging.getLogger("sae")
@@ -183,77 +181,56 @@ def train_and_evaluate(
 
 
 # --------------------------------------------------------------------------------------------
-# Spliced accuracy
+# Spliced accuracy and loss
 # --------------------------------------------------------------------------------------------
 
 
-def splice_hook(sae: SparseAutoencoder) -> Callable[[Any, Any, Any], Any]:
-    """A forward hook that replaces a module's output hidden state by its SAE reconstruction,
-    returned on the hidden state's device and in its dtype (the SAE may live elsewhere, e.g. a
-    CPU SAE in a CUDA classifier, or in another precision)."""
-
-    def hook(_module: Any, _inputs: Any, output: Any) -> Any:
-        hidden = output[0] if isinstance(output, tuple) else output
-        shape = hidden.shape
-        x_hat = sae(hidden.reshape(-1, shape[-1]).float()).x_hat
-        recon = x_hat.reshape(shape).to(device=hidden.device, dtype=hidden.dtype)
-        return (recon, *output[1:]) if isinstance(output, tuple) else recon
-
-    return hook
-
-
-def spliced_accuracy(
+def splice_unit(
     classifier: Any,
-    tokenizer: Any,
-    texts: list[str],
-    labels: np.ndarray,
+    val: splice.ValTexts,
     layer: int,
-    sae: SparseAutoencoder | None,
-    max_length: int,
-    batch_size: int,
-    device: Any,
-) -> float:
-    """Val accuracy with ``hidden_states[layer]`` replaced by its SAE reconstruction (``sae`` =
-    None: the clean model), through a forward hook on the module producing that hidden state."""
-    module = hidden_state_module(classifier, layer)
-    handle = module.register_forward_hook(splice_hook(sae)) if sae is not None else None
-    ids = tokenize_texts(tokenizer, texts, max_length)
-    preds = np.zeros(len(ids), dtype=np.int64)
-    try:
-        with torch.inference_mode():
-            for idx, batch in iterate_batches(ids, batch_size, tokenizer.pad_token_id, device):
-                preds[idx] = classifier(**batch).logits.argmax(-1).cpu().numpy()
-    finally:
-        if handle is not None:
-            handle.remove()
-    return float((preds == labels).mean())
+    sae: SparseAutoencoder,
+    clean: splice.TextScores,
+    compare: CompareParams,
+    seed: int,
+) -> dict[str, float]:
+    """``schema.SAE_SPLICE_KEYS`` of one FT layer: the classifier with the layer replaced by
+    its SAE reconstruction, against mean-ablating the layer (its mean over val tokens)."""
+    mean = splice.mean_hidden_state(classifier, val, layer)
+    ablated = splice.text_scores(
+        classifier, val, layer, splice.per_batch(splice.constant_replace(mean))
+    )
+    spliced = splice.text_scores(classifier, val, layer, splice.per_batch(splice.sae_replace(sae)))
+    return splice.splice_metrics(clean, spliced, ablated, compare.n_boot, seed, compare.confidence)
 
 
 def accuracy_metrics(
     args: StageArgs, ft_dir: Path, saes: dict[str, SparseAutoencoder], device: Any
 ) -> dict[str, float]:
-    """Clean val accuracy of the fine-tuned classifier and, per FT layer, its accuracy with that
-    layer spliced (NaN for mean-pooled SAEs, which never saw a single token's state)."""
+    """Clean val accuracy of the fine-tuned classifier and, per FT layer, ``<unit>/<key>`` for
+    every ``schema.SAE_SPLICE_KEYS`` key (NaN for mean-pooled SAEs, which never saw a single
+    token's state)."""
     p = args.params
     splits = load_splits(Paths(args.root).prepared(args.task))
-    texts, labels = list(splits["val"]["text"]), np.asarray(splits["val"]["label"])
     classifier = load_classifier(str(ft_dir)).to(device).eval()
-    tokenizer = load_tokenizer(str(ft_dir))
-    kwargs = dict(
-        max_length=p.finetune.max_length, batch_size=p.finetune.eval_batch_size, device=device
+    val = splice.ValTexts.tokenize(
+        load_tokenizer(str(ft_dir)),
+        list(splits["val"]["text"]),
+        np.asarray(splits["val"]["label"]),
+        max_length=p.finetune.max_length,
+        batch_size=p.finetune.eval_batch_size,
+        device=device,
     )
-    metrics = {
-        "ft/accuracy_clean": spliced_accuracy(
-            classifier, tokenizer, texts, labels, 0, None, **kwargs
-        )
-    }
+    clean = splice.text_scores(classifier, val)
+    metrics = {"ft/accuracy_clean": clean.accuracy}
     for layer in p.model(args.model).layers:
         name = unit_name("ft", layer)
-        metrics[f"{name}/ft_accuracy_spliced"] = (
-            spliced_accuracy(classifier, tokenizer, texts, labels, layer, saes[name], **kwargs)
+        unit = (
+            splice_unit(classifier, val, layer, saes[name], clean, p.compare, args.seed)
             if p.sae.pooling == "token"
-            else float("nan")
+            else splice.nan_splice_metrics(clean)
         )
+        metrics.update({f"{name}/{k}": v for k, v in unit.items()})
     return metrics
 
 
@@ -294,9 +271,13 @@ def log_summary(names: list[str], metrics: dict[str, float]) -> None:
     for name in names:
         spliced = ""
         if name.startswith("ft"):
+            m = {k: metrics[f"{name}/{k}"] for k in SAE_SPLICE_KEYS}
             spliced = (
-                f"  spliced acc {metrics[f'{name}/ft_accuracy_spliced']:.3f} "
-                f"(clean {metrics['ft/accuracy_clean']:.3f})"
+                f"  spliced acc {m['ft_accuracy_spliced']:.3f} "
+                f"(clean {metrics['ft/accuracy_clean']:.3f}, ablated "
+                f"{m['ft_accuracy_ablated']:.3f}; recovered {m['ft_recovered_accuracy']:.2f} "
+                f"[{m['ft_recovered_accuracy_lo']:.2f}, {m['ft_recovered_accuracy_hi']:.2f}])  "
+                f"loss recovered {m['ft_recovered_loss']:.2f}"
             )
         logger.info(
             "%s: FVU %.3f  L0 %.1f  dead %.1f%%  dense %.1f%%%s",
@@ -350,6 +331,8 @@ def run(args: StageArgs) -> dict:
     used = {
         **prefixed("sae", p.sae),
         f"models.{args.model}.layers": layers,
+        "compare.n_boot": p.compare.n_boot,
+        "compare.confidence": p.compare.confidence,
         "seed": args.seed,
         "device": str(device),
     }

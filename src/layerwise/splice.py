@@ -1,0 +1,304 @@
+"""Splicing: how much of the fine-tuned classifier's behaviour survives when one layer's hidden
+state is replaced, measured on the val texts.
+
+A replacement that keeps what the classifier needs (an SAE's or a crosscoder's reconstruction)
+should leave its accuracy and loss near the clean model's; replacing the layer by its mean over
+val tokens (mean ablation) removes everything the layer carries about the text and sets the
+floor. :func:`recovered` reports where the replacement lands between the two, ``(spliced -
+ablated) / (clean - ablated)``, with a paired bootstrap over texts: every text is scored under
+all three conditions, so resampling texts once for all three cancels what they share (easy and
+hard texts).
+
+The replacement is a forward hook on :func:`layerwise.architectures.hidden_state_module`, the
+module whose output is ``hidden_states[layer]``. It is built per batch (``MakeReplace``), so a
+replacement may depend on the batch itself, e.g. a crosscoder that must first run the PT model on
+the same tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from layerwise.activations import iterate_batches, tokenize_texts
+from layerwise.architectures import hidden_state_module
+from layerwise.schema import SAE_SPLICE_KEYS
+from layerwise.similarity.intervals import check_confidence
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from layerwise.sae.model import SparseAutoencoder
+
+Replace = Callable[["Tensor"], "Tensor"]
+"""A layer's hidden state ``[B, T, D]`` -> its replacement (same shape; any device/dtype)."""
+MakeReplace = Callable[[dict[str, "Tensor"]], Replace]
+"""Called once per batch with the tokenized batch (``input_ids``, ``attention_mask``) before the
+classifier's forward; returns that batch's :data:`Replace`."""
+
+_BOOT_CHUNK_ELEMS = 2_000_000
+"""Bound on the bootstrap draws held at once (int64s), so memory does not grow with n_boot."""
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValTexts:
+    """Tokenized val texts with their labels and how to batch them."""
+
+    ids: list[list[int]]
+    labels: np.ndarray
+    pad_id: int
+    batch_size: int
+    device: Any
+
+    @classmethod
+    def tokenize(
+        cls,
+        tokenizer: Any,
+        texts: list[str],
+        labels: np.ndarray,
+        max_length: int,
+        batch_size: int,
+        device: Any,
+    ) -> ValTexts:
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(texts) != len(labels) or len(texts) == 0:
+            raise ValueError(f"got {len(texts)} texts and {len(labels)} labels: need as many, > 0")
+        ids = tokenize_texts(tokenizer, texts, max_length)
+        return cls(ids, labels, int(tokenizer.pad_token_id), batch_size, device)
+
+    def batches(self) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
+        """(text indices, padded batch on ``device``), length-sorted."""
+        return iterate_batches(self.ids, self.batch_size, self.pad_id, self.device)
+
+
+@dataclass(frozen=True)
+class TextScores:
+    """Per val text: whether the classifier got it right, and its cross-entropy loss."""
+
+    correct: np.ndarray
+    """``[n]`` bool."""
+    loss: np.ndarray
+    """``[n]`` float64, natural-log cross-entropy of the true label."""
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self.loss.mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Replacements and the hook
+# --------------------------------------------------------------------------------------------
+
+
+def replacing_hook(replace: Replace) -> Callable[[Any, Any, Any], Any]:
+    """A forward hook that swaps a module's output hidden state for ``replace(hidden)``, handed
+    back on the hidden state's device and in its dtype (the replacement may be computed
+    elsewhere, e.g. by a CPU SAE in a CUDA classifier, or in another precision); a tuple output
+    keeps its other members."""
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = replace(hidden).to(device=hidden.device, dtype=hidden.dtype)
+        if new.shape != hidden.shape:
+            raise ValueError(f"replacement has shape {tuple(new.shape)}, expected {hidden.shape}")
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    return hook
+
+
+def sae_replace(sae: SparseAutoencoder) -> Replace:
+    """The SAE's reconstruction of every token (float32 into the SAE)."""
+
+    def replace(hidden: Tensor) -> Tensor:
+        shape = hidden.shape
+        return sae(hidden.reshape(-1, shape[-1]).float()).x_hat.reshape(shape)
+
+    return replace
+
+
+def splice_hook(sae: SparseAutoencoder) -> Callable[[Any, Any, Any], Any]:
+    """A forward hook that replaces the hidden state by its SAE reconstruction."""
+    return replacing_hook(sae_replace(sae))
+
+
+def constant_replace(vector: Tensor) -> Replace:
+    """Every token (padding too, which nothing reads) replaced by ``vector`` ``[D]``."""
+    return lambda hidden: vector.to(hidden.device, hidden.dtype).expand_as(hidden)
+
+
+def per_batch(replace: Replace) -> MakeReplace:
+    """A replacement that does not depend on the batch, as a :data:`MakeReplace`."""
+    return lambda _batch: replace
+
+
+@contextmanager
+def hooked(module: Any, replace: Replace | None) -> Iterator[None]:
+    """``module``'s output replaced inside the block (nothing when ``replace`` is None)."""
+    handle = module.register_forward_hook(replacing_hook(replace)) if replace is not None else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def text_scores(
+    classifier: Any, val: ValTexts, layer: int = 0, make_replace: MakeReplace | None = None
+) -> TextScores:
+    """Per-text correctness and loss of ``classifier`` on ``val``, with ``hidden_states[layer]``
+    replaced by ``make_replace(batch)`` (the clean model when ``make_replace`` is None)."""
+    module = hidden_state_module(classifier, layer)
+    n = len(val.ids)
+    correct, loss = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.float64)
+    with torch.inference_mode():
+        for idx, batch in val.batches():
+            replace = make_replace(batch) if make_replace is not None else None
+            with hooked(module, replace):
+                logits = classifier(**batch).logits.float()
+            y = torch.as_tensor(val.labels[idx], device=logits.device)
+            loss[idx] = torch.nn.functional.cross_entropy(logits, y, reduction="none").cpu().numpy()
+            correct[idx] = (logits.argmax(-1) == y).cpu().numpy()
+    return TextScores(correct, loss)
+
+
+def mean_hidden_state(model: Any, val: ValTexts, layer: int) -> Tensor:
+    """``[D]`` float32 mean of ``hidden_states[layer]`` over the val texts' real tokens
+    (``attention_mask``), read from the module that :func:`text_scores` replaces, accumulated
+    in float64: what mean ablation puts in the layer's place."""
+    module = hidden_state_module(model, layer)
+    seen: list[Tensor] = []
+
+    def record(_module: Any, _inputs: Any, output: Any) -> None:
+        seen.append(output[0] if isinstance(output, tuple) else output)
+
+    total: Tensor | None = None
+    count = 0
+    handle = module.register_forward_hook(record)
+    try:
+        with torch.inference_mode():
+            for _, batch in val.batches():
+                seen.clear()
+                model(**batch)
+                mask = batch["attention_mask"].bool()
+                summed = seen[-1][mask].double().sum(0)
+                total = summed if total is None else total + summed
+                count += int(mask.sum())
+    finally:
+        handle.remove()
+    assert total is not None  # ValTexts holds at least one text
+    return (total / count).float()
+
+
+# --------------------------------------------------------------------------------------------
+# The share recovered
+# --------------------------------------------------------------------------------------------
+
+
+def recovered(
+    clean: np.ndarray,
+    spliced: np.ndarray,
+    ablated: np.ndarray,
+    n_boot: int,
+    seed: int,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """``(point, lo, hi)`` of ``(mean(spliced) - mean(ablated)) / (mean(clean) - mean(ablated))``.
+
+    Per-text vectors of one statistic (correctness, or loss: then the value is the share of the
+    ablation's loss increase that the replacement removes). 1 means the replacement is as good
+    as the clean layer, 0 as bad as mean ablation. The CI is a percentile bootstrap over texts,
+    paired: each resample of text indices applies to all three vectors (drawn from
+    ``numpy.random.default_rng(seed)``). When clean and ablated means are equal the share is
+    undefined and all three values are NaN; resamples where they are equal are dropped from
+    the interval.
+    """
+    check_confidence(confidence)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    c, s, a = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (clean, spliced, ablated))
+    if not c.size or c.shape != s.shape or c.shape != a.shape:
+        sizes = (c.size, s.size, a.size)
+        raise ValueError(f"recovered: need three nonempty vectors of one size, got {sizes}")
+    num, den = s - a, c - a
+    if den.sum() == 0:
+        return float("nan"), float("nan"), float("nan")
+    point = float(num.sum() / den.sum())
+    ratios = _bootstrap_ratios(num, den, n_boot, seed)
+    ratios = ratios[np.isfinite(ratios)]
+    if not ratios.size:
+        return point, float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return point, float(lo), float(hi)
+
+
+def _bootstrap_ratios(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """``[n_boot]`` resampled ``sum(num) / sum(den)`` (texts drawn with replacement), in chunks."""
+    n = num.size
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOT_CHUNK_ELEMS // n)
+    out = np.empty(n_boot, dtype=np.float64)
+    for start in range(0, n_boot, chunk):
+        stop = min(start + chunk, n_boot)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:stop] = num[idx].sum(1) / den[idx].sum(1)
+    return out
+
+
+def splice_metrics(
+    clean: TextScores,
+    spliced: TextScores,
+    ablated: TextScores,
+    n_boot: int,
+    seed: int,
+    confidence: float = 0.95,
+) -> dict[str, float]:
+    """The ``schema.SAE_SPLICE_KEYS`` of one layer's replacement (accuracy and loss, spliced and
+    ablated, and the shares recovered with their CIs)."""
+    out = {
+        "ft_accuracy_spliced": spliced.accuracy,
+        "ft_accuracy_ablated": ablated.accuracy,
+        "ft_loss_clean": clean.mean_loss,
+        "ft_loss_spliced": spliced.mean_loss,
+        "ft_loss_ablated": ablated.mean_loss,
+    }
+    for stat in ("correct", "loss"):
+        name = "accuracy" if stat == "correct" else "loss"
+        vectors = (getattr(t, stat) for t in (clean, spliced, ablated))
+        point, lo, hi = recovered(*vectors, n_boot=n_boot, seed=seed, confidence=confidence)
+        out.update(
+            {
+                f"ft_recovered_{name}": point,
+                f"ft_recovered_{name}_lo": lo,
+                f"ft_recovered_{name}_hi": hi,
+            }
+        )
+    return {k: out[k] for k in SAE_SPLICE_KEYS}
+
+
+def nan_splice_metrics(clean: TextScores) -> dict[str, float]:
+    """``SAE_SPLICE_KEYS`` for a unit that cannot be spliced (a mean-pooled SAE never saw a
+    single token's state): NaN, except the clean loss, which does not depend on the unit."""
+    out = dict.fromkeys(SAE_SPLICE_KEYS, float("nan"))
+    out["ft_loss_clean"] = clean.mean_loss
+    return out
