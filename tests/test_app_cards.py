@@ -30,7 +30,7 @@ def test_card_matches_the_features_stage(ws: Workspace) -> None:
         assert shown.label == written["label"]
         assert len(shown.tokens) == len(shown.token_acts)
         assert shown.token_acts.max() == pytest.approx(shown.activation, abs=1e-4)
-    assert card.selectivity.auc == pytest.approx(top["selectivity"])
+    assert card.selectivity.auc == pytest.approx(top["selectivity_all"])
     assert card.fire_rate == pytest.approx(top["fire_rate"])
 
 

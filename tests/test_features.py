@@ -14,6 +14,10 @@ from layerwise.features import (
     label_selectivity,
     overlap_summary,
     select_examples,
+    selectivity_null,
+    special_rows,
+    split_half_selectivity,
+    split_halves,
     text_feature_matrix,
     token_map,
     top_texts,
@@ -358,3 +362,112 @@ def test_width_mismatch_raises_naming_widths(split):
 
     with pytest.raises(ValueError, match="encode returned shape"):
         text_feature_matrix(bad_encode, acts, text_id, n_texts)
+
+
+# ------------------------------------------------------------------------ calibrated selectivity
+
+
+def _two_class_chance(n1: int, n0: int) -> float:
+    """E[max(AUC, 1 - AUC)] under random labels: AUC is ~normal around 1/2 with variance
+    (n1 + n0 + 1) / (12 n1 n0), and E|Z| = sqrt(2 / pi)."""
+    return 0.5 + np.sqrt((n1 + n0 + 1) / (12 * n1 * n0)) * np.sqrt(2 / np.pi)
+
+
+def test_null_mean_is_the_chance_level_of_a_max_of_aucs():
+    """On noise, the permutation null sits at the chance level of the best one-vs-rest AUC:
+    the closed form for two classes, and for five classes the mean selectivity that noise
+    features get with the true labels (well above 0.5 and above the two-class level)."""
+    rng = np.random.default_rng(0)
+    two = np.repeat([0, 1], 100)
+    noise = rng.random((200, 40))
+    null2 = selectivity_null(noise, two, 2, 200, seed=1)
+    assert null2.samples.shape == (200, 40)
+    assert null2.mean.mean() == pytest.approx(_two_class_chance(100, 100), abs=0.004)
+    assert np.all(null2.q95 > null2.mean)
+
+    five = np.repeat(np.arange(5), 40)
+    noise5 = rng.random((200, 400))
+    null5 = selectivity_null(noise5[:, :40], five, 5, 200, seed=1)
+    observed = label_selectivity(noise5, five, 5).auc.mean()
+    assert null5.mean.mean() == pytest.approx(observed, abs=0.006)
+    assert null5.mean.mean() > null2.mean.mean() + 0.01 > 0.53
+
+
+def test_null_is_seeded_and_a_planted_feature_has_a_large_excess():
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1, 2], 30)
+    per_text = np.c_[labels + 0.1 * rng.random(90), rng.random((90, 3))]
+    a = selectivity_null(per_text, labels, 3, 50, seed=7)
+    np.testing.assert_array_equal(a.samples, selectivity_null(per_text, labels, 3, 50, 7).samples)
+    assert not np.array_equal(a.samples, selectivity_null(per_text, labels, 3, 50, 8).samples)
+    auc = label_selectivity(per_text, labels, 3).auc
+    excess = auc - a.mean
+    assert auc[0] == 1.0 and excess[0] > 0.35
+    assert np.all(np.abs(excess[1:]) < 0.15)
+    assert a.p_value(auc)[0] == pytest.approx(1 / 51)
+    with pytest.raises(ValueError, match="n_permutations=0"):
+        selectivity_null(per_text, labels, 3, 0, seed=0)
+
+
+def test_split_halves_are_disjoint_stratified_and_deterministic():
+    labels = np.r_[np.zeros(11, int), np.ones(20, int), np.full(7, 2)]
+    np.random.default_rng(0).shuffle(labels)
+    halves = split_halves(labels, seed=3, n_classes=3)
+    assert np.intersect1d(halves.select, halves.score).size == 0
+    np.testing.assert_array_equal(np.sort(np.r_[halves.select, halves.score]), np.arange(38))
+    assert np.bincount(labels[halves.select], minlength=3).tolist() == [5, 10, 3]
+    assert np.bincount(labels[halves.score], minlength=3).tolist() == [6, 10, 4]
+    again = split_halves(labels, seed=3, n_classes=3)
+    np.testing.assert_array_equal(halves.select, again.select)
+    assert not np.array_equal(halves.select, split_halves(labels, seed=4, n_classes=3).select)
+    with pytest.raises(ValueError, match="at least 2 texts per half"):
+        split_halves(np.array([0, 1, 1]), seed=0)
+
+
+def test_split_half_selectivity_chooses_on_one_half_and_scores_on_the_other():
+    """A feature with large variance only on the selecting half is chosen but scores at chance
+    on the scoring half; ``among`` keeps a feature out of the choice."""
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1], 40)
+    halves = split_halves(labels, seed=0)
+    per_text = rng.random((80, 6)) * 0.1
+    per_text[:, 1] = labels * 0.5 + 0.05 * rng.random(80)  # label-carrying, moderate variance
+    per_text[:, 2] = 0.0
+    per_text[halves.select, 2] = 10 * rng.random(halves.select.size)  # noisy, select half only
+    scored = split_half_selectivity(per_text, labels, 2, halves, 2, n_permutations=30, seed=0)
+    np.testing.assert_array_equal(scored.features, [2, 1])
+    assert scored.auc[0] == 0.5  # constant on the scoring half
+    assert scored.auc[1] == 1.0 and scored.excess[1] > 0.4
+    np.testing.assert_allclose(scored.excess, scored.auc - scored.null.mean)
+    among = np.ones(6, bool)
+    among[2] = False
+    kept = split_half_selectivity(per_text, labels, 2, halves, 2, among=among)
+    assert kept.features[0] == 1 and 2 not in kept.features
+
+
+def test_special_share_from_the_streaming_pass(split):
+    """Activation mass on special-token rows, summed in the same pass for any chunk size: a
+    feature firing only on [CLS] rows has share 1, one never on them share 0."""
+    acts, text_id, _, token_id, n_texts = split
+    cls = np.r_[True, text_id[1:] != text_id[:-1]]  # first row of each text
+    token_id = np.where(cls, 101, token_id)
+    special = special_rows(token_id, [101, 102])
+    np.testing.assert_array_equal(special, cls)
+
+    def encode(x: np.ndarray) -> np.ndarray:
+        relu = np.maximum(x[:, :3], 0.0)
+        on_cls = (x[:, -1] > 100)[:, None]
+        return np.c_[relu, np.where(on_cls, 1.0 + relu[:, :1], 0.0), np.where(on_cls, 0, 2.0)]
+
+    marked = np.asarray(acts, dtype=np.float32).copy()
+    marked[cls, -1] = 1000.0  # lets the encoder see which rows are [CLS]
+    direct = encode(marked)
+    for chunk in (4, 1000):
+        tf = text_feature_matrix(encode, marked, text_id, n_texts, chunk=chunk, special=special)
+        np.testing.assert_allclose(tf.mass, direct.sum(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(tf.special_mass, direct[special].sum(axis=0), rtol=1e-6)
+    share = tf.special_share
+    assert share[3] == 1.0 and share[4] == 0.0
+    assert np.all((share >= 0) & (share <= 1))
+    with pytest.raises(ValueError, match="special_share needs"):
+        _ = text_feature_matrix(encode, marked, text_id, n_texts).special_share

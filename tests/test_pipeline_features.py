@@ -1,11 +1,14 @@
 """The features stage: on the tiny pipeline's stores and SAEs it writes the exact metric keys,
 the per-layer CSV, the result JSON and the token maps; inputs that do not match fail naming the
-stage to rerun; the table and metrics steps on hand-made units."""
+stage to rerun; a [CLS]-only feature is reported apart and kept out of the top features when
+``features.exclude_special`` says so; the table and metrics steps on hand-made units."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,17 +28,29 @@ from reliability.reliability_support import (
     write_params,
 )
 
+from layerwise import features as F
 from layerwise import io
-from layerwise.config import load_params
+from layerwise.config import FeaturesParams, load_params
 from layerwise.data import DataError, load_splits
 from layerwise.models import load_tokenizer
 from layerwise.paths import Paths
-from layerwise.pipeline.features import AnalysisSplit, analyse, feature_table, summary_metrics
+from layerwise.pipeline.features import (
+    AnalysisSplit,
+    Calibration,
+    _special_ids,
+    _StoreIndex,
+    _unit_result,
+    _UnitCodes,
+    analyse,
+    feature_table,
+    summary_metrics,
+)
 from layerwise.schema import FEATURE_LAYER_COLUMNS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 KEY = (MODEL, TASK, SEED)
+NEW_FEATURE_KEYS = {"selectivity_null", "selectivity_excess", "selectivity_all", "special_share"}
 LAYERS = [1, 2]
 UNITS = ["pt_L1", "pt_L2", "ft_L1", "ft_L2"]
 
@@ -102,6 +117,7 @@ def test_stage_end_to_end(upstream: SimpleNamespace, repo: Path, mlflow_uri: str
         reader = csv.DictReader(fh)
         rows = list(reader)
     assert reader.fieldnames == list(FEATURE_LAYER_COLUMNS)
+    assert all(math.isfinite(float(r[c])) for r in rows for c in FEATURE_LAYER_COLUMNS)
     assert [int(r["layer"]) for r in rows] == LAYERS
     assert [float(r["depth"]) for r in rows] == [0.5, 1.0]
 
@@ -112,7 +128,21 @@ def test_stage_end_to_end(upstream: SimpleNamespace, repo: Path, mlflow_uri: str
         assert len(unit["top_features"]) == upstream.features.top_n
         assert all(len(f["top_texts"]) == upstream.features.top_k for f in unit["top_features"])
         assert 0.0 <= unit["alive_frac"] <= 1.0
+        assert 0.0 <= unit["special_frac"] <= 1.0
+        feats = unit["top_features"]
+        assert all(NEW_FEATURE_KEYS | {"is_special"} <= set(f) for f in feats)
+        assert not any(f["is_special"] for f in feats)  # exclude_special is on
+        assert all(f["is_special"] for f in unit["special_features"])
+        assert unit["selectivity_top"] == pytest.approx(np.mean([f["selectivity"] for f in feats]))
+        assert unit["selectivity_excess"] == pytest.approx(
+            unit["selectivity_top"] - unit["selectivity_null"]
+        )
+        assert unit["selectivity_null"] > 0.5
+    halves = result["split_half"]
+    assert halves["n_select"] + halves["n_score"] == 30
+    assert halves["n_permutations"] == upstream.features.n_permutations
     assert len(result["table"]) == upstream.features.top_n * len(UNITS)
+    assert all({"selectivity_null", "selectivity_excess"} <= set(r) for r in result["table"])
     for row, layer in zip(rows, result["layers"], strict=True):
         assert {k: float(v) for k, v in row.items()} == pytest.approx(layer)
 
@@ -160,6 +190,74 @@ def test_missing_sae_names_the_sae_stage(
 
 
 # --------------------------------------------------------------------------------------------
+# Special-token features
+# --------------------------------------------------------------------------------------------
+
+
+def cls_unit(tokenizer: Any) -> tuple[_UnitCodes, _StoreIndex, AnalysisSplit, F.Halves]:
+    """40 texts of [CLS] w w w w [SEP] and an encoder whose feature 0 fires only on [CLS]
+    (strongly, varying across texts: the top feature by variance), feature 1 on the words of
+    positive texts, features 2 and (weaker) 3 on words."""
+    rng = np.random.default_rng(0)
+    n_texts, length = 40, 6
+    labels = np.repeat([0, 1], n_texts // 2)
+    text_id = np.repeat(np.arange(n_texts), length)
+    position = np.tile(np.arange(length), n_texts)
+    words = rng.choice(tokenizer.convert_tokens_to_ids(["the", "a", "film", "good"]), text_id.size)
+    token_id = np.where(
+        position == 0,
+        tokenizer.cls_token_id,
+        np.where(position == length - 1, tokenizer.sep_token_id, words),
+    )
+    acts = rng.random((text_id.size, 4)).astype(np.float32)
+    word = (position > 0) & (position < length - 1)
+    acts[:, 0] = np.where(position == 0, 10 * rng.random(text_id.size), 0.0)
+    acts[:, 1] = np.where(word, labels[text_id], 0.0)
+    acts[:, 2:] *= np.where(word, 0.1, 0.0)[:, None] * [1.0, 0.2]
+
+    def encode(x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0.0)
+
+    special = F.special_rows(token_id, _special_ids(tokenizer))
+    tf = F.text_feature_matrix(encode, acts, text_id, n_texts, special=special)
+    codes = _UnitCodes(encode, acts, 4, tf, np.eye(4, dtype=np.float32))
+    split = AnalysisSplit([f"text {i}" for i in range(n_texts)], labels, ["neg", "pos"], tokenizer)
+    return codes, _StoreIndex(text_id, position, token_id), split, F.split_halves(labels, 0, 2)
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_a_cls_feature_is_reported_apart(tiny_bert_dir: Path, exclude: bool) -> None:
+    """Feature 0 lives on [CLS] only: special share 1, listed under special_features either
+    way, and among the top features only when exclude_special is off."""
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
+    codes, index, split, halves = cls_unit(tokenizer)
+    special = F.special_rows(index.token_id, _special_ids(tokenizer))
+    params = dataclasses.replace(
+        FeaturesParams(), top_n=2, top_k=3, token_min_count=1, exclude_special=exclude
+    )
+    calibration = Calibration(halves, n_permutations=20, seed=0, special=special)
+    unit, top = _unit_result("ft", 2, codes, index, split, params, calibration)
+
+    assert tokenizer.cls_token_id in _special_ids(tokenizer)
+    assert tokenizer.unk_token_id not in _special_ids(tokenizer)  # [UNK] stands for a word
+    assert codes.text_features.special_share[0] == 1.0
+    assert np.all(codes.text_features.special_share[1:] == 0.0)
+    assert unit["special_frac"] == 0.25
+    (cls_feature,) = unit["special_features"]
+    assert cls_feature["feature"] == 0 and cls_feature["special_share"] == 1.0
+    assert cls_feature["is_special"] and cls_feature["top_tokens"][0]["token"] == "[CLS]"
+    assert [f["feature"] for f in unit["top_features"]] == list(top)
+    if exclude:
+        assert list(top) == [1, 2]
+        assert not any(f["is_special"] for f in unit["top_features"])
+    else:
+        assert list(top) == [0, 1]
+    label_feature = next(f for f in unit["top_features"] if f["feature"] == 1)
+    assert label_feature["selectivity"] == 1.0 and label_feature["selectivity_excess"] > 0.4
+    assert label_feature["best_class"] == "pos"
+
+
+# --------------------------------------------------------------------------------------------
 # The assembly steps
 # --------------------------------------------------------------------------------------------
 
@@ -170,6 +268,8 @@ def make_unit(which: str, layer: int, features: list[tuple[int, str, float]]) ->
             "feature": f,
             "dominant_label": label,
             "selectivity": sel,
+            "selectivity_null": 0.52,
+            "selectivity_excess": sel - 0.52,
             "top_tokens": [{"token": f"t{i}"} for i in range(7)],
         }
         for f, label, sel in features
@@ -194,6 +294,7 @@ def test_feature_table_orders_by_layer_then_unit_and_cuts() -> None:
         (2, "PT", 1),
     ]
     assert rows[2]["selectivity"] == 0.912
+    assert rows[2]["selectivity_null"] == 0.52 and rows[2]["selectivity_excess"] == 0.392
     assert rows[2]["top_tokens"] == "t0 t1 t2 t3 t4"
     assert rows[2]["unit"] == "ft_L2"
     assert rows[2]["dominant_label"] == "b"

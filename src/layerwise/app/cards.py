@@ -204,17 +204,11 @@ def _top_texts(
 def selectivity_with_null(
     values: np.ndarray, analysis: AnalysisTexts, seed: int, n_permutations: int = N_PERMUTATIONS
 ) -> SelectivityWithNull:
-    """The features stage's selectivity of one latent, and its label-permutation null.
-
-    Shuffling the labels is the same as shuffling the values against fixed labels, so the
-    null is :func:`layerwise.features.label_selectivity` on ``n_permutations`` shuffled copies
-    of the column, all in one vectorised call.
-    """
+    """The selectivity of one latent on all analysis texts, and its label-permutation null
+    (:func:`layerwise.features.selectivity_null`, the one the features stage uses)."""
     n_classes = len(analysis.label_names)
     observed = F.label_selectivity(values[:, None], analysis.labels, n_classes)
-    rng = np.random.default_rng(seed)
-    shuffled = np.stack([rng.permutation(values) for _ in range(n_permutations)], axis=1)
-    null = F.label_selectivity(shuffled, analysis.labels, n_classes).auc
+    null = F.selectivity_null(values[:, None], analysis.labels, n_classes, n_permutations, seed)
     auc = float(observed.auc[0])
     return SelectivityWithNull(
         auc_per_class={
@@ -223,9 +217,9 @@ def selectivity_with_null(
         },
         best_label=analysis.label_names[int(observed.best_class[0])],
         auc=auc,
-        null_mean=float(null.mean()),
-        null_q95=float(np.quantile(null, 0.95)),
-        p_value=float((1 + np.count_nonzero(null >= auc)) / (1 + n_permutations)),
+        null_mean=float(null.mean[0]),
+        null_q95=float(null.q95[0]),
+        p_value=float(null.p_value(observed.auc)[0]),
         n_permutations=n_permutations,
     )
 

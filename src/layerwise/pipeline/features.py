@@ -5,6 +5,13 @@ maps and the generated qualitative table.
 Everything is computed on the analysis split. The statistics themselves live in
 :mod:`layerwise.features` (plain numpy over an ``encode`` callable); this module feeds them the
 stored activations and trained SAEs, and assembles one JSON-able result per run.
+
+Selectivity is calibrated three ways (:class:`Calibration`): the analysis texts are split into
+two label-stratified halves, features are chosen by variance on one and scored on the other;
+every score comes with its label-permutation null (the best of several one-vs-rest AUCs is
+above 0.5 by chance); and features whose activation sits mostly on special tokens ([CLS], the
+token the classifier reads) are reported apart and, with ``features.exclude_special``, kept out
+of the top features.
 """
 
 from __future__ import annotations
@@ -71,6 +78,27 @@ class _UnitCodes:
     d_in: int
     text_features: F.TextFeatures
     decoder: np.ndarray
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What every unit's selectivity is computed against: the split halves of the analysis
+    texts (features chosen on ``halves.select``, scored on ``halves.score``), the number of
+    label permutations and their seed, and the rows holding special tokens."""
+
+    halves: F.Halves
+    n_permutations: int
+    seed: int
+    special: np.ndarray
+    """``[N_tokens]`` bool over the activation store's rows."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "n_select": int(self.halves.select.size),
+            "n_score": int(self.halves.score.size),
+            "n_permutations": self.n_permutations,
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,16 +170,18 @@ def _write_token_maps(
 def _log_layers(rows: list[dict[str, Any]], top_n: int) -> None:
     for row in rows:
         logger.info(
-            "layer %d: MMCS %.3f (kept %.0f%%)  selectivity top-%d PT %.3f FT %.3f  "
-            "selective frac PT %.3f FT %.3f",
+            "layer %d: MMCS %.3f (kept %.0f%%)  selectivity top-%d PT %.3f (null %.3f) "
+            "FT %.3f (null %.3f)  special frac PT %.3f FT %.3f",
             row["layer"],
             row["mmcs"],
             100 * row["kept_frac"],
             top_n,
             row["selectivity_top_pt"],
+            row["selectivity_null_pt"],
             row["selectivity_top_ft"],
-            row["selective_frac_pt"],
-            row["selective_frac_ft"],
+            row["selectivity_null_ft"],
+            row["special_frac_pt"],
+            row["special_frac_ft"],
         )
 
 
@@ -171,8 +201,9 @@ def analyse(
     device: Any = "cpu",
 ) -> dict[str, Any]:
     """All feature results of one run, as one JSON-able dict: ``units`` (per PT|FT unit its
-    top features), ``layers`` (one ``FEATURE_LAYER_COLUMNS`` row per SAE layer), ``examples``
-    (token maps) and ``table`` (the paper's qualitative table)."""
+    top features and its special-token features), ``layers`` (one ``FEATURE_LAYER_COLUMNS``
+    row per SAE layer), ``examples`` (token maps), ``table`` (the paper's qualitative table)
+    and ``split_half`` (the halves' sizes, seed and permutation count)."""
     store = ActivationStore.open(store_root, "analysis")
     index = _StoreIndex(*(store.column(c) for c in _StoreIndex._fields))
     if len(split.labels) != store.n_texts:
@@ -183,14 +214,29 @@ def analyse(
     examples = F.select_examples(
         split.labels, params.examples_per_label, seed, len(split.label_names)
     )
-    out: dict[str, Any] = {"units": {}, "layers": [], "examples": []}
+    calibration = Calibration(
+        halves=F.split_halves(split.labels, seed, len(split.label_names)),
+        n_permutations=params.n_permutations,
+        seed=seed,
+        special=F.special_rows(index.token_id, _special_ids(split.tokenizer)),
+    )
+    out: dict[str, Any] = {
+        "units": {},
+        "layers": [],
+        "examples": [],
+        "split_half": calibration.describe(),
+    }
     dictionaries: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for which in WHICH:
         for layer in layers:
             name = unit_name(which, layer)
-            codes = _apply_sae(sae_root / name, store, name, index.text_id, params.reduce, device)
+            codes = _apply_sae(
+                sae_root / name, store, name, index.text_id, calibration.special, params, device
+            )
             dictionaries[name] = codes.decoder, codes.text_features.alive
-            out["units"][name], top = _unit_result(which, layer, codes, index, split, params)
+            out["units"][name], top = _unit_result(
+                which, layer, codes, index, split, params, calibration
+            )
             for text_index in examples:
                 token_ids, token_map = _token_map(text_index, top, codes, index)
                 entry = _example_entry(out["examples"], text_index, split, token_ids)
@@ -203,15 +249,24 @@ def analyse(
     return out
 
 
+def _special_ids(tokenizer: Any) -> list[int]:
+    """The tokenizer's special token ids ([CLS], [SEP], [PAD], ...) except [UNK], which stands
+    for a word of the text rather than a position the model adds."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return [int(i) for i in tokenizer.all_special_ids if i != unk]
+
+
 def _apply_sae(
     sae_dir: Path,
     store: ActivationStore,
     name: str,
     text_id: np.ndarray,
-    reduce: str,
+    special: np.ndarray,
+    params: FeaturesParams,
     device: Any,
 ) -> _UnitCodes:
-    """Load the unit's SAE and reduce its feature activations per text (one streaming pass)."""
+    """Load the unit's SAE and reduce its feature activations per text, with each feature's
+    activation mass on special tokens (one streaming pass)."""
     if not (sae_dir / "cfg.json").is_file():
         raise MissingInputError(
             f"no SAE at {sae_dir}: it is made by the sae stage (run `dvc repro sae@...`)"
@@ -221,7 +276,7 @@ def _apply_sae(
     encode = numpy_encoder(sae)
     d_in = sae.cfg.d_in
     text_features = F.text_feature_matrix(
-        encode, acts, text_id, store.n_texts, reduce=reduce, d_in=d_in
+        encode, acts, text_id, store.n_texts, reduce=params.reduce, d_in=d_in, special=special
     )
     decoder = sae.W_dec.detach().cpu().numpy()
     return _UnitCodes(encode, acts, d_in, text_features, decoder)
@@ -234,65 +289,130 @@ def _unit_result(
     index: _StoreIndex,
     split: AnalysisSplit,
     params: FeaturesParams,
+    calibration: Calibration,
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """One unit's summary and its top-variance features (with texts and tokens), and the
-    indices of those features."""
+    """One unit's summary, its top features and its special-token features (with texts and
+    tokens), and the indices of the top features.
+
+    ``selectivity_top``/``_null``/``_excess`` average the top features' split-half scores;
+    ``selective_frac`` and ``selectivity_alive_mean`` describe all alive features on all texts
+    (uncalibrated, kept for continuity)."""
     tf = codes.text_features
-    top = F.top_variance_features(tf.per_text, params.top_n)
-    sel = F.label_selectivity(tf.per_text, split.labels, len(split.label_names))
-    alive_auc = sel.auc[tf.alive]
+    special = tf.alive & (tf.special_share >= params.special_share)
+    top = _split_half(tf, split, params, calibration, _candidates(tf.alive, special, params))
+    special_top = _split_half(tf, split, params, calibration, special) if special.any() else None
+    shown = top.features if special_top is None else np.r_[top.features, special_top.features]
     tokens = F.top_tokens(
         codes.encode,
         codes.acts,
         index.token_id,
-        top,
+        np.unique(shown),
         params.top_tokens,
         min_count=params.token_min_count,
         d_in=codes.d_in,
     )
-    feats = [
-        _feature_entry(int(f), tf, sel, tokens.get(int(f), []), split, params.top_k) for f in top
-    ]
-    selective = alive_auc >= params.selectivity_threshold
+    whole = F.label_selectivity(tf.per_text, split.labels, len(split.label_names))
+    alive_auc = whole.auc[tf.alive]
+
+    def entries(scored: F.SplitHalfSelectivity | None) -> list[dict[str, Any]]:
+        if scored is None:
+            return []
+        return [
+            _feature_entry(j, scored, tf, whole, special, tokens, split, params.top_k)
+            for j in range(scored.features.size)
+        ]
+
     unit = {
         "which": which,
         "layer": layer,
         "n_features": int(tf.per_text.shape[1]),
         "alive_frac": float(tf.alive.mean()),
-        "selectivity_top": float(np.mean([x["selectivity"] for x in feats])),
-        "selective_frac": float(np.mean(selective)) if alive_auc.size else 0.0,
+        "selectivity_top": float(top.auc.mean()),
+        "selectivity_null": float(top.null.mean.mean()),
+        "selectivity_excess": float(top.excess.mean()),
+        "special_frac": float(special.sum() / tf.alive.sum()) if tf.alive.any() else 0.0,
+        "selective_frac": (
+            float(np.mean(alive_auc >= params.selectivity_threshold)) if alive_auc.size else 0.0
+        ),
         "selectivity_alive_mean": float(alive_auc.mean()) if alive_auc.size else 0.5,
-        "top_features": feats,
+        "top_features": entries(top),
+        "special_features": entries(special_top),
     }
-    return unit, top
+    return unit, top.features
+
+
+def _candidates(alive: np.ndarray, special: np.ndarray, params: FeaturesParams) -> np.ndarray:
+    """``[F]`` bool: the features the top ones are chosen from, i.e. the alive ones, less the
+    special-token ones under ``exclude_special``; a unit with none left falls back (with a
+    warning) to all alive features, and one with no alive feature to all features."""
+    if not alive.any():
+        logger.warning("no SAE feature fires on the analysis split; choosing among all of them")
+        return np.ones_like(alive)
+    if not params.exclude_special:
+        return alive
+    if (alive & ~special).any():
+        return alive & ~special
+    logger.warning("every alive feature is a special-token feature; keeping them as candidates")
+    return alive
+
+
+def _split_half(
+    tf: F.TextFeatures,
+    split: AnalysisSplit,
+    params: FeaturesParams,
+    calibration: Calibration,
+    among: np.ndarray,
+) -> F.SplitHalfSelectivity:
+    """Top-``top_n`` variance features of ``among`` on the selecting half, scored on the
+    other half against their label-permutation null."""
+    return F.split_half_selectivity(
+        tf.per_text,
+        split.labels,
+        len(split.label_names),
+        calibration.halves,
+        params.top_n,
+        among=among,
+        n_permutations=calibration.n_permutations,
+        seed=calibration.seed,
+    )
 
 
 def _feature_entry(
-    feature: int,
+    j: int,
+    scored: F.SplitHalfSelectivity,
     tf: F.TextFeatures,
-    sel: F.Selectivity,
-    tokens: list[tuple[int, float, int]],
+    whole: F.Selectivity,
+    special: np.ndarray,
+    tokens: dict[int, list[tuple[int, float, int]]],
     split: AnalysisSplit,
     top_k: int,
 ) -> dict[str, Any]:
-    """One feature: its variance, firing rate and selectivity, the labels of its top texts,
-    its top tokens and its top texts."""
+    """The ``j``-th scored feature: its variance and firing rate (all texts), its split-half
+    selectivity with null and excess, its selectivity on all texts, its special-token share,
+    the labels of its top texts, its top tokens and its top texts."""
+    feature = int(scored.features[j])
     top_texts = F.top_texts(tf.per_text, feature, top_k)
     dist = F.label_distribution([i for i, _ in top_texts], split.labels, len(split.label_names))
-    token_names = split.tokens([t for t, _, _ in tokens])
+    feature_tokens = tokens.get(feature, [])
+    token_names = split.tokens([t for t, _, _ in feature_tokens])
     return {
         "feature": feature,
         "variance": float(tf.per_text[:, feature].var()),
         "fire_rate": float(tf.fire_rate[feature]),
-        "selectivity": float(sel.auc[feature]),
-        "best_class": split.label_names[int(sel.best_class[feature])],
+        "selectivity": float(scored.auc[j]),
+        "selectivity_null": float(scored.null.mean[j]),
+        "selectivity_excess": float(scored.excess[j]),
+        "selectivity_all": float(whole.auc[feature]),
+        "best_class": split.label_names[int(scored.best_class[j])],
+        "special_share": float(tf.special_share[feature]),
+        "is_special": bool(special[feature]),
         "dominant_label": split.label_names[dist.dominant],
         "label_distribution": dict(
             zip(split.label_names, dist.fractions.round(4).tolist(), strict=True)
         ),
         "top_tokens": [
             {"token": tok, "mean_activation": round(a, 4), "count": c}
-            for tok, (_, a, c) in zip(token_names, tokens, strict=True)
+            for tok, (_, a, c) in zip(token_names, feature_tokens, strict=True)
         ],
         "top_texts": [
             {
@@ -349,7 +469,8 @@ def _layer_row(
     kept_threshold: float,
 ) -> dict[str, Any]:
     """One ``FEATURE_LAYER_COLUMNS`` row: how much of the PT dictionary the FT one keeps
-    (alive features only), and the two units' selectivity and alive fractions."""
+    (alive features only), and the two units' selectivity (split-half, with its null and
+    excess), selective, alive and special-token fractions."""
     pt, ft = unit_name("pt", layer), unit_name("ft", layer)
     (decoder_pt, alive_pt), (decoder_ft, alive_ft) = dictionaries[pt], dictionaries[ft]
     max_cos = F.dictionary_overlap(decoder_ft[alive_ft], decoder_pt[alive_pt])
@@ -365,12 +486,19 @@ def _layer_row(
         "selective_frac_ft": units[ft]["selective_frac"],
         "alive_pt": units[pt]["alive_frac"],
         "alive_ft": units[ft]["alive_frac"],
+        "selectivity_null_pt": units[pt]["selectivity_null"],
+        "selectivity_null_ft": units[ft]["selectivity_null"],
+        "selectivity_excess_pt": units[pt]["selectivity_excess"],
+        "selectivity_excess_ft": units[ft]["selectivity_excess"],
+        "special_frac_pt": units[pt]["special_frac"],
+        "special_frac_ft": units[ft]["special_frac"],
     }
 
 
 def feature_table(units: dict[str, Any], n_top: int = TABLE_FEATURES_PER_UNIT) -> list[dict]:
     """The paper's qualitative table, from data: per (layer, PT|FT) the top features by
-    variance with their top tokens, dominant label and selectivity."""
+    variance with their top tokens, dominant label and split-half selectivity with its
+    permutation null and excess."""
     rows = []
     for name, unit in sorted(units.items(), key=lambda kv: (kv[1]["layer"], kv[1]["which"])):
         for feat in unit["top_features"][:n_top]:
@@ -382,6 +510,8 @@ def feature_table(units: dict[str, Any], n_top: int = TABLE_FEATURES_PER_UNIT) -
                     "top_tokens": " ".join(t["token"] for t in feat["top_tokens"][:5]),
                     "dominant_label": feat["dominant_label"],
                     "selectivity": round(feat["selectivity"], 3),
+                    "selectivity_null": round(feat["selectivity_null"], 3),
+                    "selectivity_excess": round(feat["selectivity_excess"], 3),
                     "unit": name,
                 }
             )
