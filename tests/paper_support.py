@@ -2,9 +2,10 @@
 
 Two synthetic tasks: ``sentiment`` has a planted transition in the middle (PT-FT cosine inside
 the FT-FT seed band early, far below it and below the shuffled-label control late; resetting
-the top blocks costs most of the gain, the bottom ones little; features that specialise late:
-with two or more seeds every claim should hold); ``rating`` is flat (the fine-tune moved every
-layer alike and no reset loses half the gain: no claim should hold). :data:`ONE_MODEL` and
+the top blocks costs most of the gain, the bottom ones little; FT-only crosscoder latents,
+selectivity beyond the permutation null and a moved dictionary late: with two or more seeds
+every claim should hold); ``rating`` is flat (the fine-tune moved every layer alike, no reset
+loses half the gain and the features sit at the null: no claim should hold). :data:`ONE_MODEL` and
 :data:`TWO_MODELS` are the model sets the tests use.
 """
 
@@ -16,15 +17,20 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from conftest import REPO_PARAMS
 
 from layerwise.config import load_params
 from layerwise.paths import Paths
 from layerwise.schema import (
+    CROSSCODER_HIST_BINS,
+    CROSSCODER_LAYER_COLUMNS,
     FEATURE_LAYER_COLUMNS,
     FINETUNE_CURVE_COLUMNS,
     RESET_COLUMNS,
+    SAE_BASELINE_COLUMNS,
+    SAE_SPLICE_KEYS,
     SEED_FLOOR_COLUMNS,
     SIMILARITY_COLUMNS,
 )
@@ -100,7 +106,7 @@ def similarity_rows(n_layers: int, shape: str, seed: int | str) -> list[dict[str
 
 
 def features_result(
-    n_layers: int, sae_layers: list[int], labels: list[str], shape: str
+    n_layers: int, sae_layers: list[int], labels: list[str], shape: str, seed: int = 0
 ) -> dict[str, Any]:
     """A features.json: late FT features more selective and a changed late dictionary when
     ``planted``; nothing changes with depth when ``flat``."""
@@ -110,7 +116,8 @@ def features_result(
     for i, layer in enumerate(sae_layers):
         frac = i / max(len(sae_layers) - 1, 1)
         planted = shape == "planted"
-        sel = {"pt": 0.6, "ft": 0.6 + (0.3 * frac if planted else 0.0)}
+        jitter = 0.004 * seed
+        sel = {"pt": 0.6 + jitter, "ft": 0.6 + jitter + (0.3 * frac if planted else 0.0)}
         for which in ("pt", "ft"):
             feats = [
                 {
@@ -153,6 +160,12 @@ def features_result(
                 "selective_frac_ft": sel["ft"] - 0.5,
                 "alive_pt": 0.9,
                 "alive_ft": 0.9,
+                "selectivity_null_pt": 0.58,
+                "selectivity_null_ft": 0.58,
+                "selectivity_excess_pt": sel["pt"] - 0.58,
+                "selectivity_excess_ft": sel["ft"] - 0.58,
+                "special_frac_pt": 0.02,
+                "special_frac_ft": 0.03,
             }
         )
     examples = []
@@ -181,6 +194,8 @@ def features_result(
             "top_tokens": " ".join(t["token"] for t in f["top_tokens"]),
             "dominant_label": f["dominant_label"],
             "selectivity": f["selectivity"],
+            "selectivity_null": 0.58,
+            "selectivity_excess": f["selectivity"] - 0.58,
             "unit": name,
         }
         for name, u in units.items()
@@ -349,13 +364,146 @@ def write_results(
                                 f"{unit}/cos_sim": 0.95,
                             }
                         )
-                    sae[f"ft_L{k}/ft_accuracy_spliced"] = 0.8
+                    sae.update(splice_metrics(k, s))
                 _write_json(paths.sae_metrics(m, t, s), sae)
-                feats = features_result(n_layers, sae_layers, labels, shape)
+                feats = features_result(n_layers, sae_layers, labels, shape, s)
                 _write_json(paths.features_json(m, t, s), feats)
                 _write_csv(
                     paths.features_csv(m, t, s), list(FEATURE_LAYER_COLUMNS), feats["layers"]
                 )
+                write_crosscoder(paths, m, t, s, n_layers, sae_layers)
+            write_crosscoder(paths, m, t, "shuffled", n_layers, sae_layers)
+            write_sae_baseline(paths, m, t, n_layers, sae_layers, seeds)
+
+
+def splice_metrics(layer: int, seed: int) -> dict[str, float]:
+    """``ft_L<layer>/<key>`` for ``schema.SAE_SPLICE_KEYS``: splicing recovers most of the
+    accuracy, less in later layers."""
+    rec = 0.95 - 0.02 * layer - 0.005 * seed
+    values = {
+        "ft_accuracy_spliced": 0.8,
+        "ft_accuracy_ablated": 0.5,
+        "ft_recovered_accuracy": rec,
+        "ft_recovered_accuracy_lo": rec - 0.05,
+        "ft_recovered_accuracy_hi": rec + 0.03,
+        "ft_loss_clean": 0.3,
+        "ft_loss_spliced": 0.4,
+        "ft_loss_ablated": 0.7,
+        "ft_recovered_loss": 0.75,
+        "ft_recovered_loss_lo": 0.7,
+        "ft_recovered_loss_hi": 0.8,
+    }
+    assert set(values) == set(SAE_SPLICE_KEYS)
+    return {f"ft_L{layer}/{k}": v for k, v in values.items()}
+
+
+def crosscoder_fractions(shape: str, frac: float, seed: int | str) -> tuple[float, float]:
+    """(PT-only, FT-only) share of alive latents at relative SAE position ``frac`` (0 early, 1
+    late): the planted fine-tune gains FT-only latents late, the flat one and the shuffled
+    control (``seed == "shuffled"``) keep a constant few."""
+    if seed == "shuffled" or shape == "flat":
+        return 0.02, 0.03
+    return 0.02, 0.02 + 0.13 * frac + 0.004 * int(seed)
+
+
+def norm_histogram(pt_only: float, ft_only: float, n_alive: int) -> list[int]:
+    """Counts per relative-norm bin: the shared latents a bump around 0.5, the PT-only and
+    FT-only ones in the outer bins (below 0.1 and above 0.9 with 20 bins)."""
+    centres = (np.arange(CROSSCODER_HIST_BINS) + 0.5) / CROSSCODER_HIST_BINS
+    shared = np.exp(-0.5 * ((centres - 0.5) / 0.12) ** 2)
+    shared[(centres < 0.1) | (centres > 0.9)] = 0.0
+    counts = shared / shared.sum() * n_alive * (1 - pt_only - ft_only)
+    counts[:2] += n_alive * pt_only * np.array([0.7, 0.3])
+    counts[-2:] += n_alive * ft_only * np.array([0.3, 0.7])
+    return np.rint(counts).astype(int).tolist()
+
+
+def write_crosscoder(
+    paths: Paths, m: str, t: str, run: int | str, n_layers: int, sae_layers: list[int]
+) -> None:
+    """crosscoder.csv and crosscoder.json of one run (a seed or ``"shuffled"``)."""
+    rows, hist, top = [], {}, {}
+    planted = SHAPES[t] == "planted" and run != "shuffled"
+    for i, layer in enumerate(sae_layers):
+        frac = i / max(len(sae_layers) - 1, 1)
+        pt_only, ft_only = crosscoder_fractions(SHAPES[t], frac, run)
+        excess_ft_only = 0.15 * frac if planted else 0.002
+        rows.append(
+            {
+                "layer": layer,
+                "depth": layer / n_layers,
+                "n_latents": 1536,
+                "alive_frac": 0.8,
+                "pt_only_frac": pt_only,
+                "shared_frac": 1 - pt_only - ft_only,
+                "ft_only_frac": ft_only,
+                "ft_only_artefact_frac": 0.01,
+                "fvu_pt": 0.2 + 0.01 * layer,
+                "fvu_ft": 0.22 + 0.01 * layer,
+                "l0": 32.0,
+                "dead_frac": 0.2,
+                "selectivity_shared": 0.62,
+                "selectivity_ft_only": 0.6 + excess_ft_only,
+                "selectivity_null": 0.6,
+                "selectivity_excess_shared": 0.02,
+                "selectivity_excess_ft_only": excess_ft_only,
+                "ft_recovered_accuracy": 0.9 - 0.02 * layer,
+            }
+        )
+        hist[str(layer)] = norm_histogram(pt_only, ft_only, 1229)
+        top[str(layer)] = [
+            {
+                "latent": 100 * i + j,
+                "relative_norm": 0.97 - 0.01 * j,
+                "fire_rate": 0.01,
+                "selectivity": 0.6 + excess_ft_only,
+                "selectivity_null": 0.6,
+                "best_class": LABELS[t][j % len(LABELS[t])],
+                "top_tokens": ["great", "100%", "R&D", "a_b"],
+                "top_texts": [
+                    {
+                        "text": "a truly great film, 100% worth it " * 4,
+                        "label": LABELS[t][0],
+                        "activation": 3.0,
+                    }
+                ],
+            }
+            for j in range(3 if i else 0)  # the early layer has none
+        ]
+    _write_csv(paths.crosscoder_csv(m, t, run), list(CROSSCODER_LAYER_COLUMNS), rows)
+    thresholds = {"pt_only_below": 0.1, "ft_only_above": 0.9}
+    data = {"layers": rows, "hist": hist, "hist_all": hist, "top_ft_only": top}
+    _write_json(paths.crosscoder_json(m, t, run), {**data, "thresholds": thresholds})
+
+
+def write_sae_baseline(
+    paths: Paths, m: str, t: str, n_layers: int, sae_layers: list[int], seeds: list[int]
+) -> None:
+    """sae_baseline.csv: the planted task's late PT-FT overlap halfway between the floor and
+    the seed baseline, the flat task's at the baseline; NaN with one seed."""
+    rows = []
+    for i, layer in enumerate(sae_layers):
+        frac = i / max(len(sae_layers) - 1, 1)
+        for j, s in enumerate(seeds):
+            rel = (1 - 0.5 * frac if SHAPES[t] == "planted" else 1.0) + 0.01 * s
+            other = seeds[(j + 1) % len(seeds)] if len(seeds) > 1 else math.nan
+            floor, pt_pt = 0.2, 0.8
+            rows.append(
+                {
+                    "layer": layer,
+                    "depth": layer / n_layers,
+                    "seed": s,
+                    "other_seed": other,
+                    "mmcs_pt_ft": floor + rel * (pt_pt - floor),
+                    "mmcs_pt_pt": pt_pt if len(seeds) > 1 else math.nan,
+                    "mmcs_ft_ft": pt_pt - 0.02 if len(seeds) > 1 else math.nan,
+                    "mmcs_floor": floor,
+                    "overlap_rel": rel if len(seeds) > 1 else math.nan,
+                    "l0_pt": 20.0 + layer,
+                    "l0_ft": 21.0 + layer,
+                }
+            )
+    _write_csv(paths.sae_baseline_csv(m, t), list(SAE_BASELINE_COLUMNS), rows)
 
 
 def write_params(

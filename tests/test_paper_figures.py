@@ -17,6 +17,7 @@ def test_token_map_units_are_early_middle_late_pt_then_ft() -> None:
 def test_figure_size_grows_with_models_and_rejects_unknown_names() -> None:
     assert figures.figure_size("layerwise_similarity", 2, 3) == pytest.approx((12.6, 13.6))
     assert figures.figure_size("layer_reset", 1, 1) == (6.0, 3.6)
+    assert figures.figure_size("crosscoder_norms", 1, 2, n_layers=4) == pytest.approx((13.6, 5.4))
     with pytest.raises(KeyError, match="unknown figure"):
         figures.figure_size("nope", 1, 1)
 

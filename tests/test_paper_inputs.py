@@ -12,6 +12,7 @@ from paper_support import ONE_MODEL, TASKS, TWO_MODELS, write_params, write_resu
 from layerwise.config import Params, load_params
 from layerwise.paper.inputs import Stat, check_inputs, load_inputs
 from layerwise.paths import Paths
+from layerwise.schema import CROSSCODER_HIST_BINS
 
 
 def synthetic(root: Path, models: dict[str, tuple[int, list[int]]], seeds: list[int]) -> Params:
@@ -98,3 +99,28 @@ def test_stale_format_names_the_file_and_the_stage_to_rerun(tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"ft_L4/fvu.*dvc repro sae@tiny-rating-0") as info:
         load_inputs(params, Paths(tmp_path))
     assert str(path) in str(info.value)
+
+
+def test_crosscoder_and_baseline_are_read_per_seed_and_checked(tmp_path: Path) -> None:
+    params = synthetic(tmp_path, ONE_MODEL, [0, 1])
+    paths = Paths(tmp_path)
+    rs = load_inputs(params, paths).run("tiny", "sentiment")
+    assert rs.crosscoder_values("ft_only_frac", 6).tolist() == pytest.approx([0.15, 0.154])
+    assert rs.shuffled_crosscoder_value("ft_only_frac", 6) == pytest.approx(0.03)
+    assert rs.baseline_values("overlap_rel", 6).tolist() == pytest.approx([0.5, 0.51])
+    assert rs.crosscoder[0].hist[6].shape == (CROSSCODER_HIST_BINS,)
+    assert rs.crosscoder[0].top_ft_only[2] == [] and len(rs.crosscoder[1].top_ft_only[6]) == 3
+    # A histogram with the wrong number of bins, then a missing (layer, seed) row: stale.
+    cc = paths.crosscoder_json("tiny", "rating", "shuffled")
+    data = json.loads(cc.read_text())
+    data["hist"]["4"] = data["hist"]["4"][:5]
+    cc.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"'hist' of layer\(s\) \[4\].*crosscoder_shuffled@tiny"):
+        load_inputs(params, paths)
+    data["hist"]["4"] = [1] * CROSSCODER_HIST_BINS
+    cc.write_text(json.dumps(data))
+    base = paths.sae_baseline_csv("tiny", "rating")
+    lines = base.read_text().splitlines()
+    base.write_text("\n".join(ln for ln in lines if not ln.startswith("6,1.0,1,")) + "\n")
+    with pytest.raises(ValueError, match=r"\(6, 1\).*sae_baseline@tiny-rating"):
+        load_inputs(params, paths)

@@ -18,6 +18,7 @@ HEADINGS = [
     "## What ran",
     "## Substitution: our data and model vs the paper's",
     "## Claims",
+    "### C3 (late layers specialise) in detail",
     "## Figures (`figures/`, PNG and PDF)",
     "## Tables (`tables/`, CSV, Markdown and LaTeX)",
     "## MLflow runs",
@@ -47,14 +48,21 @@ def test_summary_sections_provenance_and_verdicts(tmp_path: Path) -> None:
     assert text.endswith("|\n") and "\n\n\n" not in text
     assert "- git commit: `deadbeef`" in lines
     assert "this paper run" not in text
-    # One seed: no seed interval and no seed floor, so C1 and C2 cannot hold; C3 still does.
-    assert "Of 6 verdicts: 1 hold, 1 partly, 4 do not hold." in lines
+    # One seed: no seed interval, seed floor or SAE seed baseline: no claim can hold.
+    assert "Of 6 verdicts: 0 hold, 1 partly, 5 do not hold." in lines
     assert "What the data do not support:" in lines
     assert any(ln.startswith("- C1 on `tiny`/`sentiment` (does not hold)") for ln in lines)
-    assert "not yet calibrated against chance or seeds" in text
+    assert "calibrated" not in text
+    c3 = lines.index("- `tiny`/`sentiment`: **does not hold**.")
+    assert lines[c3 + 1].startswith("  (a) FT-only share of alive latents at the late layer 0.150")
+    assert "a late dictionary that moved beyond SAE seed noise" in lines[c3 + 4]
+    assert lines[c3 + 4].startswith("  Not shown: more FT-only crosscoder latents late than")
+    assert "cannot be judged" in lines[c3 + 5]
+    assert "shuffled-label crosscoder" in text
     assert "reset_small` = 0.25" in text
     assert "- `layerwise_similarity`: a caption" in lines
     assert "- `similarity_across_models` (not drawn): needs two models" in lines
     assert sum(f"- `{t.name}`: " in text for t in built) == len(built)
-    assert "| `tiny` | `sentiment` | 0 | `n/a` | `n/a` | `abc123` | `n/a` | `n/a` |" in lines
+    ids = ["n/a", "n/a", "abc123", "n/a", "n/a", "n/a"]  # schema.STAGES order
+    assert "| `tiny` | `sentiment` | 0 | " + " | ".join(f"`{i}`" for i in ids) + " |" in lines
     assert "| `sentiment` | IMDB |" in text

@@ -52,8 +52,8 @@ COLUMNS = (
     Column("reset_late", "claims", "reset_late_lost"),
     Column("cos_early", "claims", "cosine_early"),
     Column("cos_late", "claims", "cosine_late"),
-    Column("sel_ft", "claims", "selectivity_top_ft_late"),
-    Column("sel_pt", "claims", "selectivity_top_pt_late"),
+    Column("ft_only_vs_shuf", "claims", "ft_only_late_minus_shuffled", "{:+.3f}"),
+    Column("sel_excess_ft", "claims", "selectivity_excess_ft_late", "{:+.3f}"),
     Column("ft_acc", "finetune", "ft/accuracy"),
     Column("probe_acc", "finetune", "pt_probe/accuracy"),
     Column("sae_fvu", "sae", "fvu"),
@@ -62,9 +62,11 @@ COLUMNS = (
 """C1-C3: the verdicts; late_vs_seeds / late_vs_shuf: how far the late-layer PT-FT cosine falls
 below the FT-FT seed band / the shuffled-label curve; reset_late: share of the gain lost by
 resetting the late blocks; cos_early / cos_late:
-PT-FT cosine at the early and late SAE layer; sel_ft / sel_pt: top feature selectivity of the
-late-layer FT / PT SAE; ft_acc / probe_acc: fine-tuned and PT linear-probe accuracy; sae_fvu /
-sae_l0: the SAEs' fraction of variance unexplained and mean active features."""
+PT-FT cosine at the early and late SAE layer; ft_only_vs_shuf: late-layer crosscoder FT-only
+fraction minus the shuffled-label control's; sel_excess_ft: split-half selectivity of the
+late FT SAE's top features above its label-permutation null; ft_acc / probe_acc: fine-tuned
+and PT linear-probe accuracy; sae_fvu / sae_l0: the SAEs' fraction of variance unexplained
+and mean active features."""
 
 
 @dataclass

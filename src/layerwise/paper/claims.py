@@ -6,12 +6,14 @@ similarity fall with depth (changes compound through the layers), so a falling c
 shows nothing; C1 and C2 are therefore judged against controls: the FT-vs-FT seed floor (how
 different two equally good fine-tunes are), the shuffled-label fine-tune (what optimisation
 without the task does) and the layer-reset test (where the task lives, without a similarity
-metric). Numbers are seed means with Student t intervals over seeds; the thresholds are
-``paper:`` params, and :func:`rules` writes the rules verbatim into ``paper/summary.md``.
+metric). C3 is judged on calibrated feature numbers: the crosscoder's FT-only latents beside
+the early layer and the shuffled-label control's crosscoder, split-half label selectivity above
+its permutation null, and the PT-FT dictionary overlap beside the PT-PT seed baseline. Numbers
+are seed means with Student t intervals over seeds; the thresholds are ``paper:`` params, and
+:func:`rules` writes the rules verbatim into ``paper/summary.md``.
 
 Early / middle / late are the model's SAE layers (``models.<m>.layers``): the first, the middle
-one (index ``len // 2``) and the last. C3 still compares PT with FT SAEs directly: its numbers
-are not yet calibrated against chance or seeds (its rule says so).
+one (index ``len // 2``) and the last.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ CLAIMS: dict[str, str] = {
 CONTROLS: dict[str, str] = {
     "C1": "FT-FT seed band; shuffled-label fine-tune; layer reset",
     "C2": "FT-FT seed floor; layer reset",
-    "C3": "none yet (PT vs FT SAEs; not calibrated against chance or seeds)",
+    "C3": "early layer; shuffled-label crosscoder; label-permutation null; PT-PT SAE seed "
+    "baseline and random floor",
 }
 """What each claim's real fine-tune is compared with (the claims table's ``control`` column)."""
 
@@ -82,14 +85,23 @@ def rules(params: PaperParams, confidence: float = 0.95) -> dict[str, str]:
             "hold if neither."
         ),
         "C3": (
-            "three checks: (a) FT selectivity_top at the late layer > PT selectivity_top at "
-            "the late layer; (b) FT selectivity_top late > FT selectivity_top early; (c) MMCS "
-            "(PT/FT dictionary overlap) at the late layer < MMCS at the early layer. holds if "
-            "all three are true, partly if one or two, does not hold if none. Not yet "
-            "calibrated: selectivity is a maximum over classes of a ROC AUC, whose chance "
-            "level is above 0.5, features are chosen and scored on the same texts, and MMCS "
-            "has no seed baseline, so C3's selectivity and overlap numbers are not compared "
-            "with chance or seeds and its verdict is not evidence yet."
+            "(a) crosscoder: the share of alive latents that are FT-only (relative FT decoder "
+            "norm above `crosscoder.ft_only_above`, not flagged by Latent Scaling) at the late "
+            "SAE layer exceeds, per seed, both the early layer's share and the shuffled-label "
+            f"control's late share (one run) by at least {params.ft_only_margin:g} on the "
+            f"seed mean, with the {level} t interval of each difference above 0. (b) "
+            "features: the late FT SAE's top features' split-half selectivity minus its "
+            "label-permutation null (`selectivity_excess_ft`) is at least "
+            f"{params.selectivity_margin:g} with its {level} seed interval above 0, and exceeds "
+            "the late PT SAE's excess, per seed, by at least "
+            f"{params.selectivity_margin:g} with that difference's seed interval above 0. (c) "
+            "dictionary overlap: the late PT-FT overlap of the separate SAEs, normalised "
+            "between the random-direction floor (0) and the PT-PT seed baseline (1) "
+            f"(`overlap_rel`), has a seed mean below {params.overlap_rel_max:g} and the upper "
+            f"end of its {level} seed interval below 1 (not judged with one seed: no seed "
+            "baseline). holds if (a), (b) and (c) hold, partly if one or two do, does not "
+            "hold if none. Effect sizes: the two FT-only differences, the FT excess and FT "
+            "minus PT excess, and the overlap, with seed intervals."
         ),
     }
 
@@ -121,13 +133,17 @@ class ClaimInputs:
     reset_depth: Mapping[str, np.ndarray]
     """Reset direction -> ``[n_seeds]`` midpoint as a relative depth k/L (NaN: none)."""
     sae_layers: Sequence[int]
-    selectivity_top_pt: Mapping[int, float]
-    """SAE layer -> mean ROC AUC of the top-variance PT features (features stage)."""
-    selectivity_top_ft: Mapping[int, float]
-    mmcs: Mapping[int, float]
-    """SAE layer -> mean max cosine between FT and PT decoder directions."""
-    selective_frac_pt: Mapping[int, float] = field(default_factory=dict)
-    selective_frac_ft: Mapping[int, float] = field(default_factory=dict)
+    ft_only: Mapping[int, np.ndarray]
+    """SAE layer -> ``[n_seeds]`` crosscoder FT-only fraction of alive latents."""
+    shuffled_ft_only: Mapping[int, float]
+    """SAE layer -> the shuffled-label control's FT-only fraction (one run)."""
+    selectivity_excess_pt: Mapping[int, np.ndarray]
+    """SAE layer -> ``[n_seeds]`` PT top features' split-half selectivity minus its
+    permutation null (features stage)."""
+    selectivity_excess_ft: Mapping[int, np.ndarray]
+    overlap_rel: Mapping[int, np.ndarray]
+    """SAE layer -> ``[n_seeds]`` PT-FT SAE overlap between the random floor (0) and the PT-PT
+    seed baseline (1); NaN with one seed."""
     confidence: float = 0.95
 
     @property
@@ -305,70 +321,99 @@ def check_c2(inp: ClaimInputs, params: PaperParams) -> ClaimResult:
     return ClaimResult("C2", inp.model, inp.task, verdict, _flatten(e), checks, evidence, e)
 
 
-def check_c3(inp: ClaimInputs) -> ClaimResult:
-    """C3: late FT features are more label-selective and the late dictionary changed most."""
-    early, _, late = early_middle_late(inp.sae_layers)
-    for name, mapping in (
-        ("selectivity_top_pt", inp.selectivity_top_pt),
-        ("selectivity_top_ft", inp.selectivity_top_ft),
-        ("mmcs", inp.mmcs),
-    ):
-        missing = [k for k in (early, late) if k not in mapping]
+def _layer_values(inp: ClaimInputs, layers: Sequence[int]) -> None:
+    """Fail naming the mapping and layer when a C3 number is missing for an SAE layer."""
+    for name in ("ft_only", "shuffled_ft_only", "selectivity_excess_pt", "selectivity_excess_ft"):
+        missing = [k for k in layers if k not in getattr(inp, name)]
         if missing:
             raise ValueError(f"{inp.model}/{inp.task}: no {name} for SAE layer(s) {missing}")
-    ft_late, pt_late = float(inp.selectivity_top_ft[late]), float(inp.selectivity_top_pt[late])
-    ft_early = float(inp.selectivity_top_ft[early])
-    mmcs_early, mmcs_late = float(inp.mmcs[early]), float(inp.mmcs[late])
-    checks = {
-        "a_ft_above_pt_late": bool(ft_late > pt_late),
-        "b_ft_late_above_early": bool(ft_late > ft_early),
-        "c_mmcs_late_below_early": bool(mmcs_late < mmcs_early),
-    }
-    n = sum(checks.values())
-    verdict = HOLDS if n == 3 else PARTLY if n > 0 else FAILS
 
-    evidence = (
-        f"(a) FT selectivity L{late} {ft_late:.3f} > PT {pt_late:.3f}: "
-        f"{_yes(checks['a_ft_above_pt_late'])}; (b) FT L{late} {ft_late:.3f} > FT L{early} "
-        f"{ft_early:.3f}: {_yes(checks['b_ft_late_above_early'])}; (c) MMCS L{late} "
-        f"{mmcs_late:.3f} < L{early} {mmcs_early:.3f}: {_yes(checks['c_mmcs_late_below_early'])}"
-        " (uncalibrated)"
-    )
-    numbers = {
-        "selectivity_top_ft_late": ft_late,
-        "selectivity_top_pt_late": pt_late,
-        "selectivity_top_ft_early": ft_early,
-        "mmcs_early": mmcs_early,
-        "mmcs_late": mmcs_late,
-        "c3_checks_true": float(n),
+
+def c3_effects(inp: ClaimInputs) -> dict[str, Stat]:
+    """C3's numbers at the late (and early) SAE layer, per seed, with seed intervals."""
+    early, _, late = early_middle_late(inp.sae_layers)
+    _layer_values(inp, (early, late))
+    ft_late = np.asarray(inp.ft_only[late], dtype=float)
+    excess_ft = np.asarray(inp.selectivity_excess_ft[late], dtype=float)
+    excess_pt = np.asarray(inp.selectivity_excess_pt[late], dtype=float)
+    overlap = np.asarray(inp.overlap_rel.get(late, [math.nan]), dtype=float)
+    return {
+        "ft_only_late": inp.stat(ft_late),
+        "ft_only_late_minus_early": inp.stat(ft_late - np.asarray(inp.ft_only[early])),
+        "ft_only_late_minus_shuffled": inp.stat(ft_late - inp.shuffled_ft_only[late]),
+        "selectivity_excess_ft_late": inp.stat(excess_ft),
+        "selectivity_excess_ft_minus_pt_late": inp.stat(excess_ft - excess_pt),
+        "overlap_rel_late": inp.stat(overlap),
     }
-    for which, mapping in (("pt", inp.selective_frac_pt), ("ft", inp.selective_frac_ft)):
-        if late in mapping:
-            numbers[f"selective_frac_{which}_late"] = float(mapping[late])
-    return ClaimResult("C3", inp.model, inp.task, verdict, numbers, checks, evidence)
+
+
+def _at_least(s: Stat, margin: float) -> bool:
+    """Seed mean at least ``margin`` and the seed interval above 0 (fails with one seed)."""
+    return bool(s.mean >= margin) and s.excludes_zero_above
+
+
+def check_c3(inp: ClaimInputs, params: PaperParams) -> ClaimResult:
+    """C3: the late layer gains FT-only crosscoder latents beyond the early layer and beyond
+    training without the task, its FT features are label-selective beyond chance and beyond
+    the PT features, and its dictionary moved beyond SAE seed noise."""
+    early, _, late = early_middle_late(inp.sae_layers)
+    e = c3_effects(inp)
+    overlap = e["overlap_rel_late"]
+    checks = {
+        "a_ft_only_late_above_early": _at_least(
+            e["ft_only_late_minus_early"], params.ft_only_margin
+        ),
+        "a_ft_only_late_above_shuffled": _at_least(
+            e["ft_only_late_minus_shuffled"], params.ft_only_margin
+        ),
+        "b_ft_selectivity_above_null": _at_least(
+            e["selectivity_excess_ft_late"], params.selectivity_margin
+        ),
+        "b_ft_selectivity_above_pt": _at_least(
+            e["selectivity_excess_ft_minus_pt_late"], params.selectivity_margin
+        ),
+        "c_overlap_below_seed_baseline": bool(
+            overlap.mean < params.overlap_rel_max and overlap.hi < 1
+        ),
+    }
+    parts = [
+        checks["a_ft_only_late_above_early"] and checks["a_ft_only_late_above_shuffled"],
+        checks["b_ft_selectivity_above_null"] and checks["b_ft_selectivity_above_pt"],
+        checks["c_overlap_below_seed_baseline"],
+    ]
+    if math.isfinite(overlap.hi):
+        overlap_text = f"{overlap.ci_text()} (needs < {params.overlap_rel_max:g}, CI below 1)"
+    else:
+        overlap_text = (
+            f"{overlap.ci_text()}: cannot be judged (needs 2+ seeds for a seed interval and "
+            "the PT-PT seed baseline)"
+        )
+    evidence = (
+        f"(a) FT-only share L{late} {e['ft_only_late'].ci_text()}: minus L{early} "
+        f"{e['ft_only_late_minus_early'].ci_text()}, minus shuffled "
+        f"({inp.shuffled_ft_only[late]:.3f}) {e['ft_only_late_minus_shuffled'].ci_text()}: "
+        f"{_yes(parts[0])}; (b) FT selectivity excess L{late} "
+        f"{e['selectivity_excess_ft_late'].ci_text()}, FT minus PT "
+        f"{e['selectivity_excess_ft_minus_pt_late'].ci_text()}: {_yes(parts[1])}; (c) "
+        f"overlap_rel L{late} {overlap_text}: {_yes(parts[2])}"
+    )
+    numbers = _flatten(e)
+    numbers["shuffled_ft_only_late"] = float(inp.shuffled_ft_only[late])
+    verdict = _parts_verdict(parts)
+    return ClaimResult("C3", inp.model, inp.task, verdict, numbers, checks, evidence, e)
 
 
 def evaluate(inp: ClaimInputs, params: PaperParams) -> list[ClaimResult]:
     """All three claims for one (model, task), in order C1, C2, C3."""
-    results = [check_c1(inp, params), check_c2(inp, params), check_c3(inp)]
+    results = [check_c1(inp, params), check_c2(inp, params), check_c3(inp, params)]
     for r in results:
         logger.info("%s %s/%s: %s (%s)", r.claim, r.model, r.task, r.verdict, r.evidence)
     return results
 
 
 def claim_inputs(rs: RunSet) -> ClaimInputs:
-    """One (model, task)'s per-seed curves and controls in the shape the rules read (the C3
-    feature numbers as seed means)."""
-    means = {
-        col: {k: rs.feature_stat(col, k).mean for k in rs.sae_layers}
-        for col in (
-            "selectivity_top_pt",
-            "selectivity_top_ft",
-            "mmcs",
-            "selective_frac_pt",
-            "selective_frac_ft",
-        )
-    }
+    """One (model, task)'s per-seed curves and controls in the shape the rules read."""
+    layers = rs.sae_layers
     directions = ("bottom_up", "top_down")
     return ClaimInputs(
         model=rs.model,
@@ -383,12 +428,12 @@ def claim_inputs(rs: RunSet) -> ClaimInputs:
             d: np.array([r.get(f"{d}/midpoint_depth", math.nan) for r in rs.reset_summary])
             for d in directions
         },
-        sae_layers=rs.sae_layers,
-        selectivity_top_pt=means["selectivity_top_pt"],
-        selectivity_top_ft=means["selectivity_top_ft"],
-        mmcs=means["mmcs"],
-        selective_frac_pt=means["selective_frac_pt"],
-        selective_frac_ft=means["selective_frac_ft"],
+        sae_layers=layers,
+        ft_only={k: rs.crosscoder_values("ft_only_frac", k) for k in layers},
+        shuffled_ft_only={k: rs.shuffled_crosscoder_value("ft_only_frac", k) for k in layers},
+        selectivity_excess_pt={k: rs.feature_values("selectivity_excess_pt", k) for k in layers},
+        selectivity_excess_ft={k: rs.feature_values("selectivity_excess_ft", k) for k in layers},
+        overlap_rel={k: rs.baseline_values("overlap_rel", k) for k in layers},
         confidence=rs.confidence,
     )
 

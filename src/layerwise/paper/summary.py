@@ -115,7 +115,9 @@ def _claims(results: Sequence[C.ClaimResult], inputs: PaperInputs) -> list[str]:
         "model's layers. Numbers are seed means with Student t intervals over the seeds "
         f"{inputs.seeds}. Thresholds are `paper:` params (`reset_small` = "
         f"{params.reset_small:g}, `reset_large` = {params.reset_large:g}, middle of the network "
-        f"= [{params.middle_lo:.3g}, {params.middle_hi:.3g}]). Rules:",
+        f"= [{params.middle_lo:.3g}, {params.middle_hi:.3g}], `ft_only_margin` = "
+        f"{params.ft_only_margin:g}, `selectivity_margin` = {params.selectivity_margin:g}, "
+        f"`overlap_rel_max` = {params.overlap_rel_max:g}). Rules:",
         "",
     ]
     for claim, rule in C.rules(params, level).items():
@@ -139,8 +141,57 @@ def _claims(results: Sequence[C.ClaimResult], inputs: PaperInputs) -> list[str]:
         f"Of {len(results)} verdicts: {counts[C.HOLDS]} hold, {counts[C.PARTLY]} partly, "
         f"{counts[C.FAILS]} do not hold.",
         "",
+        *_c3_section(results),
+        "",
         *_not_supported(results),
     ]
+    return lines
+
+
+C3_CHECKS = {
+    "a_ft_only_late_above_early": "more FT-only crosscoder latents late than early",
+    "a_ft_only_late_above_shuffled": "more FT-only latents late than the shuffled-label control",
+    "b_ft_selectivity_above_null": "late FT features label-selective beyond their permutation null",
+    "b_ft_selectivity_above_pt": "late FT features selective beyond chance more than the PT ones",
+    "c_overlap_below_seed_baseline": "a late dictionary that moved beyond SAE seed noise",
+}
+"""C3's checks in words (what a check that fails leaves unshown)."""
+
+
+def _c3_section(results: Sequence[C.ClaimResult]) -> list[str]:
+    """C3 per (model, task): each part's effect sizes with seed intervals, the control it was
+    compared with, and in plain words what does not hold."""
+    lines = [
+        "### C3 (late layers specialise) in detail",
+        "",
+        f"Compared with: {C.CONTROLS['C3']}. Effect sizes are seed means [t interval over "
+        "seeds]; a part that needs an interval cannot hold with one seed.",
+        "",
+    ]
+    for r in (r for r in results if r.claim == "C3"):
+        e = r.effects
+        lines.append(f"- `{r.model}`/`{r.task}`: **{r.verdict}**.")
+        lines.append(
+            f"  (a) FT-only share of alive latents at the late layer "
+            f"{e['ft_only_late'].ci_text()}; minus the early layer's "
+            f"{e['ft_only_late_minus_early'].ci_text()}; minus the shuffled-label control's "
+            f"({r.numbers['shuffled_ft_only_late']:.3f}) "
+            f"{e['ft_only_late_minus_shuffled'].ci_text()}."
+        )
+        lines.append(
+            f"  (b) late FT selectivity excess over the null "
+            f"{e['selectivity_excess_ft_late'].ci_text()}; FT minus PT excess "
+            f"{e['selectivity_excess_ft_minus_pt_late'].ci_text()}."
+        )
+        lines.append(f"  (c) late overlap_rel {e['overlap_rel_late'].ci_text()}.")
+        failed = [C3_CHECKS.get(name, name) for name, ok in r.checks.items() if not ok]
+        if failed:
+            lines.append("  Not shown: " + "; ".join(failed) + ".")
+        if "cannot be judged" in r.evidence:
+            lines.append(
+                "  (c) cannot be judged here: overlap_rel needs two or more seeds (its seed "
+                "baseline and its interval)."
+            )
     return lines
 
 
@@ -156,10 +207,6 @@ def _not_supported(results: Sequence[C.ClaimResult]) -> list[str]:
         )
     if len(lines) == 2:
         lines.append("- every C1, C2 and C3 verdict holds on these data.")
-    lines.append(
-        "- C3 in any case: its selectivity and overlap (MMCS) numbers are not yet calibrated "
-        "against chance or seeds, so even a C3 that holds is not evidence for the claim."
-    )
     return lines
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from layerwise.paper.claims import ClaimResult, reset_k
 from layerwise.paper.inputs import PaperInputs, RunSet, Stat
 from layerwise.paper.reference import (
@@ -431,6 +433,9 @@ def sae_metrics_table(inputs: PaperInputs) -> Table:
         Column("cos_sim", "cos sim"),
         Column("spliced_acc", "spliced acc (%)", **pct),
         Column("clean_acc", "clean acc (%)", **pct),
+        Column(
+            "recovered_acc", "recovered acc (%) [seed CI]; text CI", **pct, seed_ci=True, ci=True
+        ),
     ]
     rows = []
     for m in inputs.models:
@@ -451,15 +456,29 @@ def sae_metrics_table(inputs: PaperInputs) -> Table:
                     clean = rs.sae_stat("ft/accuracy_clean")
                     row["spliced_acc"] = spliced if which == "ft" and spliced.n else None
                     row["clean_acc"] = clean if which == "ft" and clean.n else None
+                    if which == "ft":
+                        row.update(_recovered(rs, unit))
                     rows.append(row)
     caption = (
         "SAE quality on the analysis split: MSE, explained variance (summed over the set), FVU "
         "= 1 - explained variance, L0 (mean active features per token), dead and dense feature "
         "fractions, cosine(x, x_hat); for FT SAEs also the fine-tuned classifier's validation "
         "accuracy with the layer replaced by its SAE reconstruction (spliced) vs unchanged "
-        "(clean)." + _seed_note(inputs)
+        "(clean), and the share of accuracy splicing recovers relative to mean-ablating the "
+        "layer, (spliced - ablated) / (clean - ablated), with its seed interval and the mean "
+        "of the per-seed paired bootstrap CIs over val texts." + _seed_note(inputs)
     )
     return Table("sae_metrics", caption, columns, rows)
+
+
+def _recovered(rs: RunSet, unit: str) -> dict[str, Cell]:
+    """Recovered accuracy of one FT unit: seed stat, and the mean per-seed text CI bounds."""
+    key = f"{unit}/ft_recovered_accuracy"
+    bounds = {
+        f"recovered_acc_{b}": _nanmean([m.get(f"{key}_{b}", math.nan) for m in rs.sae])
+        for b in ("lo", "hi")
+    }
+    return {"recovered_acc": rs.sae_stat(key), **bounds}
 
 
 def feature_table(inputs: PaperInputs, n_top: int = 3) -> Table:
@@ -474,6 +493,8 @@ def feature_table(inputs: PaperInputs, n_top: int = 3) -> Table:
         Column("top_tokens", "top tokens", align="l"),
         Column("dominant_label", "dominant label", align="l"),
         Column("selectivity", "selectivity (AUC)"),
+        Column("selectivity_null", "permutation null"),
+        Column("selectivity_excess", "excess over null"),
     ]
     rows = []
     for m in inputs.models:
@@ -495,13 +516,18 @@ def feature_table(inputs: PaperInputs, n_top: int = 3) -> Table:
                         "top_tokens": str(r["top_tokens"]),
                         "dominant_label": str(r["dominant_label"]),
                         "selectivity": float(r["selectivity"]),
+                        "selectivity_null": float(r["selectivity_null"]),
+                        "selectivity_excess": float(
+                            r.get("selectivity_excess", r["selectivity"] - r["selectivity_null"])
+                        ),
                     }
                 )
     caption = (
         "Top-variance SAE features per layer, pre-trained (PT) vs fine-tuned (FT): the tokens "
         "they fire on most, the majority label of their top-activating texts and their label "
-        "selectivity (best one-vs-rest ROC AUC; the best of several classes sits above 0.5 "
-        "by chance, and this is not yet calibrated)."
+        "selectivity (best one-vs-rest ROC AUC on the half of the analysis texts they were not "
+        "selected on), beside its label-permutation null (the best of several classes sits "
+        "above 0.5 by chance) and the excess over that null."
         + (
             f" Feature ids are specific to one SAE, so only seed {inputs.seeds[0]} is listed."
             if inputs.n_seeds > 1
@@ -509,6 +535,203 @@ def feature_table(inputs: PaperInputs, n_top: int = 3) -> Table:
         )
     )
     return Table("feature_table", caption, columns, rows)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values; NaN (no warning) when there are none."""
+    arr = np.asarray(values, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else math.nan
+
+
+CROSSCODER_CLASSES = ("pt_only", "shared", "ft_only")
+
+
+def _crosscoder_row(rs: RunSet, layer: int) -> dict[str, Cell]:
+    """One (model, task, SAE layer): latent classes, the shuffled control, selectivity beyond
+    the null, per-side FVU and recovered accuracy, each a seed stat."""
+    row: dict[str, Cell] = {
+        "model": rs.model,
+        "task": rs.task,
+        "layer": layer,
+        "depth": layer / max(rs.n_layers, 1),
+    }
+    for column in (
+        "alive_frac",
+        *(f"{c}_frac" for c in CROSSCODER_CLASSES),
+        "ft_only_artefact_frac",
+        "selectivity_excess_ft_only",
+        "selectivity_excess_shared",
+        "fvu_pt",
+        "fvu_ft",
+        "ft_recovered_accuracy",
+    ):
+        row[column] = rs.crosscoder_stat(column, layer)
+    shuffled = rs.shuffled_crosscoder_value("ft_only_frac", layer)
+    row["shuffled_ft_only_frac"] = shuffled
+    row["ft_only_minus_shuffled"] = Stat.of(
+        rs.crosscoder_values("ft_only_frac", layer) - shuffled, rs.confidence
+    )
+    row["shuffled_excess_ft_only"] = rs.shuffled_crosscoder_value(
+        "selectivity_excess_ft_only", layer
+    )
+    return row
+
+
+def crosscoder_summary_table(inputs: PaperInputs) -> Table:
+    """Model diffing per (model, task, SAE layer): how the crosscoder's latents split into
+    PT-only / shared / FT-only, FT-only beside the shuffled-label control, and whether the
+    FT-only latents are more label-selective beyond chance than the shared ones."""
+    pct = {"digits": 1, "scale": 100.0, "seed_ci": True}
+    columns = [
+        Column("model", "model", align="l"),
+        Column("task", "task", align="l"),
+        Column("layer", "layer"),
+        Column("depth", "depth (layer/L)", digits=2),
+        Column("alive_frac", "alive (%)", **pct),
+        Column("pt_only_frac", "PT-only (%)", **pct),
+        Column("shared_frac", "shared (%)", **pct),
+        Column("ft_only_frac", "FT-only (%)", **pct),
+        Column("shuffled_ft_only_frac", "FT-only, shuffled (%)", digits=1, scale=100.0),
+        Column("ft_only_minus_shuffled", "FT-only minus shuffled (pp)", **pct),
+        Column("ft_only_artefact_frac", "Latent Scaling artefacts (%)", **pct),
+        Column("selectivity_excess_ft_only", "sel. excess, FT-only", seed_ci=True),
+        Column("selectivity_excess_shared", "sel. excess, shared", seed_ci=True),
+        Column("shuffled_excess_ft_only", "sel. excess, FT-only, shuffled"),
+        Column("fvu_pt", "FVU PT", seed_ci=True),
+        Column("fvu_ft", "FVU FT", seed_ci=True),
+        Column("ft_recovered_accuracy", "recovered acc (%)", **pct),
+    ]
+    rows = [
+        _crosscoder_row(inputs.run(m, t), k)
+        for m in inputs.models
+        for t in inputs.tasks
+        for k in inputs.run(m, t).sae_layers
+    ]
+    cc = inputs.params.crosscoder
+    caption = (
+        "Crosscoders (one dictionary over paired PT and FT activations of the same tokens) per "
+        "SAE layer. Alive latents are classed by relative FT decoder norm r = |d_FT| / (|d_PT| "
+        f"+ |d_FT|): PT-only r < {cc.pt_only_below:g}, FT-only r > {cc.ft_only_above:g}, "
+        "shared otherwise; an 'only' latent that Latent Scaling finds explained by the other "
+        "model counts as shared (artefacts column, share of alive latents). Shuffled: the "
+        "crosscoder of PT vs the shuffled-label fine-tune (one run); FT-only minus shuffled is "
+        "per seed, with its seed interval. Selectivity excess: mean label selectivity of the "
+        "class's latents minus the same under label permutations (n/a for an empty class). "
+        "FVU per model; recovered acc: share of the FT classifier's val accuracy recovered by "
+        "splicing the FT reconstruction, relative to mean-ablating the layer." + _seed_note(inputs)
+    )
+    return Table("crosscoder_summary", caption, columns, rows)
+
+
+SNIPPET_CHARS = 80
+"""Characters of a latent's top text shown in the latents table."""
+
+
+def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
+    """One line of at most ``limit`` characters (whitespace collapsed, '...' when cut)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."
+
+
+def _latent_row(m: str, t: str, layer: int, latent: dict) -> dict[str, Cell]:
+    texts = latent.get("top_texts") or []
+    top = texts[0] if texts else {}
+    sel, null = float(latent["selectivity"]), float(latent["selectivity_null"])
+    return {
+        "model": m,
+        "task": t,
+        "layer": layer,
+        "latent": int(latent["latent"]),
+        "relative_norm": float(latent["relative_norm"]),
+        "fire_rate": float(latent["fire_rate"]),
+        "best_class": str(latent.get("best_class", "")),
+        "top_tokens": ", ".join(str(tok) for tok in latent.get("top_tokens", [])[:6]),
+        "top_text": f"[{top.get('label', '?')}] {snippet(top.get('text', ''))}" if top else None,
+        "selectivity": sel,
+        "selectivity_null": null,
+        "selectivity_excess": sel - null,
+    }
+
+
+def crosscoder_latents_table(inputs: PaperInputs) -> Table:
+    """What the top FT-only crosscoder latents of each (model, task, SAE layer) respond to,
+    from the first seed (latent ids are per crosscoder, so seeds cannot be pooled)."""
+    columns = [
+        Column("model", "model", align="l"),
+        Column("task", "task", align="l"),
+        Column("layer", "layer"),
+        Column("latent", "latent"),
+        Column("relative_norm", "r"),
+        Column("fire_rate", "fires on (% tokens)", digits=2, scale=100.0),
+        Column("best_class", "best class", align="l"),
+        Column("top_tokens", "top tokens", align="l"),
+        Column("top_text", "top text [label]", align="l"),
+        Column("selectivity", "selectivity"),
+        Column("selectivity_null", "null"),
+        Column("selectivity_excess", "excess"),
+    ]
+    n_top = inputs.params.crosscoder.top_latents
+    rows: list[dict[str, Cell]] = []
+    for m in inputs.models:
+        for t in inputs.tasks:
+            rs = inputs.run(m, t)
+            for k in rs.sae_layers:
+                latents = rs.crosscoder[0].top_ft_only[k][:n_top]
+                rows += [_latent_row(m, t, k, lat) for lat in latents]
+                if not latents:
+                    rows.append({"model": m, "task": t, "layer": k, "top_tokens": "(none)"})
+    caption = (
+        f"The top FT-only crosscoder latents (up to {n_top} per SAE layer, by selectivity) of "
+        f"seed {inputs.seeds[0]}: relative FT decoder norm r, how often they fire, the class "
+        "they separate best, the tokens they fire on most and their top-activating text, and "
+        "their label selectivity beside its permutation null. '(none)': no confirmed FT-only "
+        "latent at that layer."
+    )
+    return Table("crosscoder_latents", caption, columns, rows)
+
+
+def dictionary_overlap_table(inputs: PaperInputs) -> Table:
+    """Separate-SAE dictionary overlap (MMCS) PT vs FT per (model, task, SAE layer), beside the
+    seed baseline (PT vs PT, FT vs FT from another seed) and the random-direction floor."""
+    ci = {"seed_ci": True}
+    columns = [
+        Column("model", "model", align="l"),
+        Column("task", "task", align="l"),
+        Column("layer", "layer"),
+        Column("depth", "depth (layer/L)", digits=2),
+        Column("mmcs_pt_ft", "MMCS PT-FT", **ci),
+        Column("mmcs_pt_pt", "MMCS PT-PT (seed baseline)", **ci),
+        Column("mmcs_ft_ft", "MMCS FT-FT", **ci),
+        Column("mmcs_floor", "random floor", **ci),
+        Column("overlap_rel", "overlap_rel", **ci),
+        Column("l0_pt", "L0 PT", digits=1, **ci),
+        Column("l0_ft", "L0 FT", digits=1, **ci),
+    ]
+    rows = []
+    for m in inputs.models:
+        for t in inputs.tasks:
+            rs = inputs.run(m, t)
+            for k in rs.sae_layers:
+                row: dict[str, Cell] = {
+                    "model": m,
+                    "task": t,
+                    "layer": k,
+                    "depth": k / max(rs.n_layers, 1),
+                }
+                for col in (c.key for c in columns[4:]):
+                    row[col] = rs.baseline_stat(col, k)
+                rows.append(row)
+    caption = (
+        "Dictionary overlap of the separate PT and FT SAEs: symmetric MMCS (mean over both "
+        "directions of the mean max |cosine| over alive decoder rows) of PT vs FT, of the PT "
+        "SAE vs the PT SAE of another seed (the seed baseline: what retraining alone changes), "
+        "FT vs FT likewise, and of random directions of the same counts (the floor). "
+        "overlap_rel = (PT-FT - floor) / (PT-PT - floor): 1 = as alike as two seeds of the "
+        "same model, 0 = chance; n/a with one seed. L0: mean active features per token (the "
+        "SAEs are compared at matched sparsity)." + _seed_note(inputs)
+    )
+    return Table("dictionary_overlap", caption, columns, rows)
 
 
 def claims_table(results: Sequence[ClaimResult]) -> Table:
@@ -550,6 +773,9 @@ def build_tables(inputs: PaperInputs, results: Sequence[ClaimResult]) -> list[Ta
         layer_similarity_table(inputs),
         reset_table(inputs),
         sae_metrics_table(inputs),
+        dictionary_overlap_table(inputs),
         feature_table(inputs),
+        crosscoder_summary_table(inputs),
+        crosscoder_latents_table(inputs),
         claims_table(results),
     ]

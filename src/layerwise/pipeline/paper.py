@@ -1,6 +1,7 @@
 """paper: every figure and table of the paper regenerated from the earlier stages' outputs, the
 paper's three claims checked against the numbers and the controls (seed floor, shuffled-label
-fine-tune, layer reset), and paper/summary.md. No model computation.
+fine-tune and its crosscoder, layer reset, SAE seed baseline), and paper/summary.md. No model
+computation.
 
 The stage reads files only (through :mod:`layerwise.paper.inputs`), never the modules of the
 stages that wrote them, so editing a stage's code reruns ``paper`` only through its outputs.
@@ -87,6 +88,10 @@ def _used_params(p: Params) -> dict[str, Any]:
     """The params the stage reads, as logged to its MLflow run."""
     return {
         **prefixed("paper", p.paper),
+        **{
+            f"crosscoder.{k}": getattr(p.crosscoder, k)
+            for k in ("pt_only_below", "ft_only_above", "top_latents")
+        },
         "models": list(p.models),
         "tasks": p.tasks,
         "seeds": p.seeds,
