@@ -80,15 +80,20 @@ def run_stage(stage: str, params: Path, root: Path, **keys: Any) -> dict:
 
 
 def run_controls(params: Path, root: Path, task: str = TASK, model: str = MODEL) -> dict:
-    """The control stages after :func:`run_pipeline`: the shuffled-label fine-tune and its
-    compare, the layer reset, and the seed floor; returns each one's metrics."""
+    """The control and model-diffing stages after :func:`run_pipeline`: the shuffled-label
+    fine-tune and its compare, the layer reset, the seed floor, the SAE overlap baseline and
+    the crosscoders of the seed and of the control; returns each one's metrics."""
     keys = ["--task", task, "--model", model, "--params", str(params), "--root", str(root)]
     shuffled = [*keys, "--control", "shuffled"]
+    seeded = [*keys, "--seed", str(SEED)]
     return {
         "finetune_shuffled": stage_module("finetune").main(shuffled),
         "compare_shuffled": stage_module("compare").main(shuffled),
-        "reset": stage_module("reset").main([*keys, "--seed", str(SEED)]),
+        "reset": stage_module("reset").main(seeded),
         "seed_floor": stage_module("seed_floor").main(keys),
+        "sae_baseline": stage_module("sae_baseline").main(keys),
+        "crosscoder": stage_module("crosscoder").main(seeded),
+        "crosscoder_shuffled": stage_module("crosscoder").main(shuffled),
     }
 
 
@@ -183,7 +188,16 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
         "probe_folds": 3,
     },
     "sae": {"batch_size": 64, "epochs": 2, "train_tokens": None, "warmup_steps": 5, "expansion": 2},
-    "features": {"top_n": 3, "top_k": 3, "token_min_count": 1},
+    "crosscoder": {
+        "batch_size": 64,
+        "train_tokens": 3200,
+        "warmup_steps": 5,
+        "expansion": 2,
+        "k": 4,
+        "n_permutations": 5,
+        "top_latents": 2,
+    },
+    "features": {"top_n": 3, "top_k": 3, "token_min_count": 1, "n_permutations": 5},
 }
 """Every stage section shrunk so a stage runs in seconds (conftest's ``tiny_params`` as is)."""
 RELIABILITY_OVERRIDES: dict[str, dict[str, Any]] = {
