@@ -4,13 +4,15 @@ and a missing or stale file named with the stage that makes it."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from paper_support import ONE_MODEL, TASKS, TWO_MODELS, write_params, write_results
 
 from layerwise.config import Params, load_params
-from layerwise.paper.inputs import Stat, check_inputs, load_inputs
+from layerwise.paper.inputs import CrosscoderRun, Stat, check_inputs, load_inputs
 from layerwise.paths import Paths
 from layerwise.schema import CROSSCODER_HIST_BINS
 
@@ -124,3 +126,20 @@ def test_crosscoder_and_baseline_are_read_per_seed_and_checked(tmp_path: Path) -
     base.write_text("\n".join(ln for ln in lines if not ln.startswith("6,1.0,1,")) + "\n")
     with pytest.raises(ValueError, match=r"\(6, 1\).*sae_baseline@tiny-rating"):
         load_inputs(params, paths)
+
+
+def _hist_run(counts: list[int]) -> CrosscoderRun:
+    return CrosscoderRun({}, {6: np.asarray(counts, dtype=float)}, {})
+
+
+def test_norm_spread_is_the_std_of_relative_norms_from_the_histogram() -> None:
+    """One bin: every latent used alike, spread 0; half in each end bin: about 0.475 (bin
+    centres 0.025 and 0.975); no alive latent: NaN."""
+    bins = CROSSCODER_HIST_BINS
+    middle = [0] * bins
+    middle[bins // 2] = 100
+    ends = [0] * bins
+    ends[0] = ends[-1] = 50
+    assert _hist_run(middle).norm_spread(6) == pytest.approx(0.0)
+    assert _hist_run(ends).norm_spread(6) == pytest.approx(0.5 - 0.5 / bins)
+    assert math.isnan(_hist_run([0] * bins).norm_spread(6))

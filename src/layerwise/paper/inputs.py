@@ -229,6 +229,17 @@ class CrosscoderRun:
     top_ft_only: dict[int, list[dict[str, Any]]]
     """SAE layer -> the crosscoder stage's top FT-only latents (possibly none)."""
 
+    def norm_spread(self, layer: int) -> float:
+        """Standard deviation of the relative decoder norm over alive latents, from the
+        histogram (bin centres): how far the latents move from 'used alike' (0.5) towards one
+        model, whether or not any crosses the PT-only / FT-only thresholds (NaN: none alive)."""
+        counts = self.hist[layer]
+        if counts.sum() <= 0:
+            return math.nan
+        centres = (np.arange(counts.size) + 0.5) / counts.size
+        mean = float(np.average(centres, weights=counts))
+        return float(np.sqrt(np.average((centres - mean) ** 2, weights=counts)))
+
     def value(self, column: str, layer: int) -> float:
         """One crosscoder.csv cell (NaN for an empty class, as the stage writes it)."""
         idx = np.flatnonzero(self.columns["layer"].astype(int) == layer)

@@ -575,6 +575,9 @@ def _crosscoder_row(rs: RunSet, layer: int) -> dict[str, Cell]:
     row["shuffled_excess_ft_only"] = rs.shuffled_crosscoder_value(
         "selectivity_excess_ft_only", layer
     )
+    row["norm_spread"] = Stat.of([run.norm_spread(layer) for run in rs.crosscoder], rs.confidence)
+    control = rs.shuffled_crosscoder
+    row["shuffled_norm_spread"] = control.norm_spread(layer) if control else math.nan
     return row
 
 
@@ -595,6 +598,8 @@ def crosscoder_summary_table(inputs: PaperInputs) -> Table:
         Column("shuffled_ft_only_frac", "FT-only, shuffled (%)", digits=1, scale=100.0),
         Column("ft_only_minus_shuffled", "FT-only minus shuffled (pp)", **pct),
         Column("ft_only_artefact_frac", "Latent Scaling artefacts (%)", **pct),
+        Column("norm_spread", "spread of r (std)", digits=3, seed_ci=True),
+        Column("shuffled_norm_spread", "spread of r, shuffled", digits=3),
         Column("selectivity_excess_ft_only", "sel. excess, FT-only", seed_ci=True),
         Column("selectivity_excess_shared", "sel. excess, shared", seed_ci=True),
         Column("shuffled_excess_ft_only", "sel. excess, FT-only, shuffled"),
@@ -614,7 +619,9 @@ def crosscoder_summary_table(inputs: PaperInputs) -> Table:
         "SAE layer. Alive latents are classed by relative FT decoder norm r = |d_FT| / (|d_PT| "
         f"+ |d_FT|): PT-only r < {cc.pt_only_below:g}, FT-only r > {cc.ft_only_above:g}, "
         "shared otherwise; an 'only' latent that Latent Scaling finds explained by the other "
-        "model counts as shared (artefacts column, share of alive latents). Shuffled: the "
+        "model counts as shared (artefacts column, share of alive latents). Spread of r: "
+        "standard deviation of r over alive latents (0 = every latent used alike by both "
+        "models), a threshold-free view of the same split. Shuffled: the "
         "crosscoder of PT vs the shuffled-label fine-tune (one run); FT-only minus shuffled is "
         "per seed, with its seed interval. Selectivity excess: mean label selectivity of the "
         "class's latents minus the same under label permutations (n/a for an empty class). "
