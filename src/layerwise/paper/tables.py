@@ -731,12 +731,14 @@ def dictionary_overlap_table(inputs: PaperInputs) -> Table:
                 rows.append(row)
     caption = (
         "Dictionary overlap of the separate PT and FT SAEs: symmetric MMCS (mean over both "
-        "directions of the mean max |cosine| over alive decoder rows) of PT vs FT, of the PT "
-        "SAE vs the PT SAE of another seed (the seed baseline: what retraining alone changes), "
-        "FT vs FT likewise, and of random directions of the same counts (the floor). "
-        "overlap_rel = (PT-FT - floor) / (PT-PT - floor): 1 = as alike as two seeds of the "
-        "same model, 0 = chance; n/a with one seed. L0: mean active features per token (the "
-        "SAEs are compared at matched sparsity)." + _seed_note(inputs)
+        "directions of the mean over decoder rows of the maximum signed cosine to the other "
+        "dictionary) of PT vs FT, of the PT SAE vs the PT SAE of another seed trained on the "
+        "same PT activations (the seed baseline: what retraining alone changes), FT vs FT of "
+        "two seeds (different fine-tunes), and of random directions of the same counts (the "
+        "floor). overlap_rel = (PT-FT - floor) / (PT-PT - floor): 1 = as alike as two seeds of "
+        "the same model, 0 = chance; n/a with one seed. L0: mean active features per token; "
+        "the L1 SAEs are not at matched sparsity (late FT SAEs are sparser), so read the "
+        "crosscoders (one shared k) for a like-for-like comparison." + _seed_note(inputs)
     )
     return Table("dictionary_overlap", caption, columns, rows)
 
