@@ -36,16 +36,9 @@ from layerwise.schema import SAE_BASELINE_COLUMNS, unit_name
 logger = logging.getLogger("sae_baseline")
 
 WHICH = ("pt", "ft")
-SUMMARY_COLUMNS = (
-    "mmcs_pt_ft",
-    "mmcs_pt_pt",
-    "mmcs_ft_ft",
-    "mmcs_floor",
-    "overlap_rel",
-    "l0_pt",
-    "l0_ft",
-)
-"""The columns averaged over seeds into the summary (``L<layer>/<column>``)."""
+SUMMARY_COLUMNS = SAE_BASELINE_COLUMNS[SAE_BASELINE_COLUMNS.index("mmcs_pt_ft") :]
+"""The columns averaged over seeds into the summary (``L<layer>/<column>``): every number
+after the row's keys (layer, depth, seed, other seed)."""
 
 
 @dataclass(frozen=True)
