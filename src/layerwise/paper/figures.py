@@ -25,7 +25,7 @@ not rerun ``features``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -483,16 +483,25 @@ def _fractions_panel(ax: Axes, rs: RunSet, colour: str) -> None:
     )
 
 
-def crosscoder_fractions(inputs: PaperInputs) -> Figure:
-    """FT-only and PT-only shares vs depth per task, seed mean with seed-interval bars, beside
-    the shuffled control's FT-only share."""
+def _task_grid(
+    inputs: PaperInputs, name: str, panel: Callable[[Axes, RunSet, str], None]
+) -> Figure:
+    """A figure of one panel per (model row, task column), each drawn by ``panel`` in its
+    task's colour."""
     colours = task_colours(inputs.tasks)
     n_m, n_t = len(inputs.models), len(inputs.tasks)
-    fig = new_figure(figure_size("crosscoder_fractions", n_m, n_t))
+    fig = new_figure(figure_size(name, n_m, n_t))
     axes = fig.subplots(n_m, n_t, squeeze=False)
     for i, m in enumerate(inputs.models):
         for j, t in enumerate(inputs.tasks):
-            _fractions_panel(axes[i][j], inputs.run(m, t), colours[t])
+            panel(axes[i][j], inputs.run(m, t), colours[t])
+    return fig
+
+
+def crosscoder_fractions(inputs: PaperInputs) -> Figure:
+    """FT-only and PT-only shares vs depth per task, seed mean with seed-interval bars, beside
+    the shuffled control's FT-only share."""
+    fig = _task_grid(inputs, "crosscoder_fractions", _fractions_panel)
     note = (
         _band_note(inputs).replace("band", "bars")
         if inputs.n_seeds > 1
@@ -836,13 +845,7 @@ def _reset_panel(ax: Axes, rs: RunSet, colour: str) -> None:
 
 def layer_reset(inputs: PaperInputs) -> Figure:
     """Per task: the FT classifier's accuracy as blocks are reset to PT, both directions."""
-    colours = task_colours(inputs.tasks)
-    n_m, n_t = len(inputs.models), len(inputs.tasks)
-    fig = new_figure(figure_size("layer_reset", n_m, n_t))
-    axes = fig.subplots(n_m, n_t, squeeze=False)
-    for i, m in enumerate(inputs.models):
-        for j, t in enumerate(inputs.tasks):
-            _reset_panel(axes[i][j], inputs.run(m, t), colours[t])
+    fig = _task_grid(inputs, "layer_reset", _reset_panel)
     fig.suptitle(f"Where the task lives: resetting blocks to PT\n{_band_note(inputs)}")
     return fig
 

@@ -168,6 +168,15 @@ class Table:
         return files
 
 
+LAYER_KEY_COLUMNS = (
+    Column("model", "model", align="l"),
+    Column("task", "task", align="l"),
+    Column("layer", "layer"),
+    Column("depth", "depth (layer/L)", digits=2),
+)
+"""The leading columns of every per-(model, task, layer) table."""
+
+
 def _csv_value(value: Cell) -> str:
     if value is None:
         return ""
@@ -332,10 +341,7 @@ def layer_similarity_table(inputs: PaperInputs) -> Table:
     bert-base IMDB cosine at the same relative depth."""
     pp = {"digits": 1, "scale": 100.0, "ci": True, "seed_ci": True}
     columns = [
-        Column("model", "model", align="l"),
-        Column("task", "task", align="l"),
-        Column("layer", "layer"),
-        Column("depth", "depth (layer/L)", digits=2),
+        *LAYER_KEY_COLUMNS,
         Column("cosine", "PT-FT cosine [seed CI]; text CI", ci=True, seed_ci=True),
         Column("floor_cosine", "FT-FT cosine, mean [min, max] over seed pairs", ci=True),
         Column("shuffled_cosine", "PT-FT-shuffled cosine"),
@@ -587,10 +593,7 @@ def crosscoder_summary_table(inputs: PaperInputs) -> Table:
     FT-only latents are more label-selective beyond chance than the shared ones."""
     pct = {"digits": 1, "scale": 100.0, "seed_ci": True}
     columns = [
-        Column("model", "model", align="l"),
-        Column("task", "task", align="l"),
-        Column("layer", "layer"),
-        Column("depth", "depth (layer/L)", digits=2),
+        *LAYER_KEY_COLUMNS,
         Column("alive_frac", "alive (%)", **pct),
         Column("pt_only_frac", "PT-only (%)", **pct),
         Column("shared_frac", "shared (%)", **pct),
@@ -703,10 +706,7 @@ def dictionary_overlap_table(inputs: PaperInputs) -> Table:
     seed baseline (PT vs PT, FT vs FT from another seed) and the random-direction floor."""
     ci = {"seed_ci": True}
     columns = [
-        Column("model", "model", align="l"),
-        Column("task", "task", align="l"),
-        Column("layer", "layer"),
-        Column("depth", "depth (layer/L)", digits=2),
+        *LAYER_KEY_COLUMNS,
         Column("mmcs_pt_ft", "MMCS PT-FT", **ci),
         Column("mmcs_pt_pt", "MMCS PT-PT (seed baseline)", **ci),
         Column("mmcs_ft_ft", "MMCS FT-FT", **ci),
