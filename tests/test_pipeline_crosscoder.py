@@ -29,7 +29,7 @@ from reliability.reliability_support import (
     write_params,
 )
 
-from layerwise import io
+from layerwise import io, splice
 from layerwise.activations import ActivationStore, StoreWriter
 from layerwise.config import ConfigError, CrosscoderParams
 from layerwise.models import load_encoder
@@ -217,8 +217,9 @@ def test_splice_feeds_the_crosscoder_the_pt_state_of_the_same_tokens(
     upstream: SimpleNamespace, tiny_bert_dir: Path
 ) -> None:
     """The splice's replacement of one text's FT hidden state at layer 2 equals the crosscoder's
-    FT reconstruction of that text's stored (PT, FT) rows: the PT encoder runs on the same
-    batch and the same layer as the compare stage stored (up to the stores' float16)."""
+    FT reconstruction of that text's stored (PT, FT) rows: the PT states recorded for the splice
+    are the same tokens at the same layer as the compare stage stored (up to the stores'
+    float16)."""
     paths = Paths(upstream.root)
     store = ActivationStore.open(paths.activations(*KEY), "analysis")
     rows = np.flatnonzero(store.column("text_id") == 0)
@@ -236,7 +237,10 @@ def test_splice_feeds_the_crosscoder_the_pt_state_of_the_same_tokens(
     pt, ft = load_encoder(str(tiny_bert_dir)), load_encoder(str(paths.finetuned(*KEY)))
     with torch.inference_mode():
         ft_hidden = ft(**batch, output_hidden_states=True).hidden_states[2]
-        replaced = crosscoder_replace(cc, pt, 2)(batch)(ft_hidden)[0]
+    val = splice.ValTexts([ids[0].tolist()], np.zeros(1), 0, 1, "cpu")
+    pt_states = splice.record_states(pt, val, [2])
+    with torch.inference_mode():
+        replaced = crosscoder_replace(cc, pt_states, 2)(0, batch)(ft_hidden)[0]
         expected = cc.decode(cc.encode(*stored))[1]
     assert replaced.shape == expected.shape == (len(rows), 32)
     torch.testing.assert_close(replaced, expected, atol=5e-3, rtol=5e-3)

@@ -158,26 +158,56 @@ def test_the_mean_is_over_real_tokens_of_the_layers_hidden_state(tiny: SimpleNam
 def test_a_batch_dependent_replacement_is_built_once_per_batch_from_that_batch(
     tiny: SimpleNamespace, clean: splice.TextScores
 ) -> None:
-    """``make_replace`` sees each batch once, before the forward it serves: here it runs the
-    model on the batch first (as the crosscoder stage runs the PT model) and hands the batch's
-    own clean hidden state back, which must reproduce the clean scores exactly."""
+    """``make_replace`` sees each batch once, numbered in order, before the forward it serves:
+    here it hands back the batch's clean hidden state recorded beforehand by ``record_states``
+    (as the crosscoder stage looks up the PT model's), which must reproduce the clean scores."""
     layer, calls = 2, []
+    states = splice.record_states(tiny.classifier, tiny.val, [layer])
 
-    def make_replace(batch: dict[str, torch.Tensor]) -> splice.Replace:
-        calls.append(batch["input_ids"].shape)
-        states = tiny.classifier(**batch, output_hidden_states=True).hidden_states[layer]
+    def make_replace(number: int, batch: dict[str, torch.Tensor]) -> splice.Replace:
+        calls.append((number, batch["input_ids"].shape))
+        recorded = states[number][layer]
 
         def replace(hidden: torch.Tensor) -> torch.Tensor:
-            assert hidden.shape == states.shape
-            return states
+            assert hidden.shape == recorded.shape
+            return recorded
 
         return replace
 
     scores = splice.text_scores(tiny.classifier, tiny.val, layer, make_replace)
-    assert len(calls) == -(-N_TEXTS // BATCH)
-    assert sum(shape[0] for shape in calls) == N_TEXTS
+    assert [number for number, _ in calls] == list(range(-(-N_TEXTS // BATCH)))
+    assert sum(shape[0] for _, shape in calls) == N_TEXTS
+    assert sorted(states[0]) == [layer]
     np.testing.assert_array_equal(scores.correct, clean.correct)
     np.testing.assert_allclose(scores.loss, clean.loss, rtol=1e-6)
+
+
+def test_one_clean_pass_gives_the_scores_and_every_layers_mean(
+    tiny: SimpleNamespace, clean: splice.TextScores
+) -> None:
+    """The shared pass scores exactly as ``text_scores`` does and takes the same per-layer
+    means as a pass per layer; the recording hooks are gone afterwards."""
+    modules = [hidden_state_module(tiny.classifier, layer) for layer in (1, 2)]
+    before = [dict(m._forward_hooks) for m in modules]
+    scores, means = splice.clean_pass(tiny.classifier, tiny.val, [1, 2])
+    assert [dict(m._forward_hooks) for m in modules] == before
+    np.testing.assert_array_equal(scores.correct, clean.correct)
+    np.testing.assert_array_equal(scores.loss, clean.loss)
+    assert sorted(means) == [1, 2]
+    for layer in (1, 2):
+        alone = splice.mean_hidden_state(tiny.classifier, tiny.val, layer)
+        torch.testing.assert_close(means[layer], alone)
+    assert not torch.allclose(means[1], means[2])
+
+
+def test_autocast_scoring_runs_in_bf16_and_stays_close(
+    tiny: SimpleNamespace, clean: splice.TextScores
+) -> None:
+    """Under bf16 autocast (as the fine-tune stage scores val) the losses move by bf16 rounding
+    only, and a bf16 pass is really taken (the losses are not bit-identical)."""
+    scores, _ = splice.clean_pass(tiny.classifier, tiny.val, [2], torch.bfloat16)
+    np.testing.assert_allclose(scores.loss, clean.loss, rtol=0.05, atol=0.02)
+    assert not np.array_equal(scores.loss, clean.loss)
 
 
 def test_val_texts_need_one_label_per_text(tiny: SimpleNamespace) -> None:

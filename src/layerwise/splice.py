@@ -11,8 +11,13 @@ hard texts).
 
 The replacement is a forward hook on :func:`layerwise.architectures.hidden_state_module`, the
 module whose output is ``hidden_states[layer]``. It is built per batch (``MakeReplace``), so a
-replacement may depend on the batch itself, e.g. a crosscoder that must first run the PT model on
-the same tokens.
+replacement may depend on the batch itself, e.g. a crosscoder that reads the PT model's state of
+the same tokens (recorded once for every layer by :func:`record_states`).
+
+Every forward over the val texts costs as much as the classifier's own evaluation, so the
+passes are shared: :func:`clean_pass` scores the clean model and takes every layer's mean (what
+ablation puts in) in one pass, and all passes may run under the autocast dtype the fine-tune
+stage scored the classifier with.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ if TYPE_CHECKING:
 
 Replace = Callable[["Tensor"], "Tensor"]
 """A layer's hidden state ``[B, T, D]`` -> its replacement (same shape; any device/dtype)."""
-MakeReplace = Callable[[dict[str, "Tensor"]], Replace]
-"""Called once per batch with the tokenized batch (``input_ids``, ``attention_mask``) before the
-classifier's forward; returns that batch's :data:`Replace`."""
+MakeReplace = Callable[[int, dict[str, "Tensor"]], Replace]
+"""Called once per batch with the batch's number in :meth:`ValTexts.batches` order and the
+tokenized batch (``input_ids``, ``attention_mask``) before the classifier's forward; returns that
+batch's :data:`Replace`."""
 
 _BOOT_CHUNK_ELEMS = 2_000_000
 """Bound on the bootstrap draws held at once (int64s), so memory does not grow with n_boot."""
@@ -142,7 +148,7 @@ def constant_replace(vector: Tensor) -> Replace:
 
 def per_batch(replace: Replace) -> MakeReplace:
     """A replacement that does not depend on the batch, as a :data:`MakeReplace`."""
-    return lambda _batch: replace
+    return lambda _number, _batch: replace
 
 
 @contextmanager
@@ -162,50 +168,109 @@ def hooked(module: Any, replace: Replace | None) -> Iterator[None]:
 
 
 def text_scores(
-    classifier: Any, val: ValTexts, layer: int = 0, make_replace: MakeReplace | None = None
+    classifier: Any,
+    val: ValTexts,
+    layer: int = 0,
+    make_replace: MakeReplace | None = None,
+    dtype: torch.dtype | None = None,
 ) -> TextScores:
     """Per-text correctness and loss of ``classifier`` on ``val``, with ``hidden_states[layer]``
-    replaced by ``make_replace(batch)`` (the clean model when ``make_replace`` is None)."""
+    replaced by ``make_replace(number, batch)`` (the clean model when ``make_replace`` is None),
+    under ``dtype`` autocast when given."""
     module = hidden_state_module(classifier, layer)
-    n = len(val.ids)
-    correct, loss = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.float64)
-    with torch.inference_mode():
-        for idx, batch in val.batches():
-            replace = make_replace(batch) if make_replace is not None else None
+    scores = _ScoreSheet(len(val.ids))
+    with torch.inference_mode(), _autocast(val.device, dtype):
+        for number, (idx, batch) in enumerate(val.batches()):
+            replace = make_replace(number, batch) if make_replace is not None else None
             with hooked(module, replace):
-                logits = classifier(**batch).logits.float()
-            y = torch.as_tensor(val.labels[idx], device=logits.device)
-            loss[idx] = torch.nn.functional.cross_entropy(logits, y, reduction="none").cpu().numpy()
-            correct[idx] = (logits.argmax(-1) == y).cpu().numpy()
-    return TextScores(correct, loss)
+                logits = classifier(**batch).logits
+            scores.add(idx, logits, val.labels)
+    return scores.done()
+
+
+def clean_pass(
+    classifier: Any, val: ValTexts, layers: list[int], dtype: torch.dtype | None = None
+) -> tuple[TextScores, dict[int, Tensor]]:
+    """The clean classifier's :func:`text_scores` and, from the same forward pass, each of
+    ``layers``' ``[D]`` float32 mean of ``hidden_states[layer]`` over the val texts' real tokens
+    (``attention_mask``), accumulated in float64: what mean ablation puts in the layer's place."""
+    scores = _ScoreSheet(len(val.ids))
+    sums: dict[int, Tensor] = {}
+    count = 0
+    for idx, batch, logits, states in _recorded_forwards(classifier, val, layers, dtype):
+        scores.add(idx, logits, val.labels)
+        mask = batch["attention_mask"].bool()
+        for layer, state in states.items():
+            summed = state[mask].double().sum(0)
+            sums[layer] = sums[layer] + summed if layer in sums else summed
+        count += int(mask.sum())
+    return scores.done(), {layer: (sums[layer] / count).float() for layer in layers}
 
 
 def mean_hidden_state(model: Any, val: ValTexts, layer: int) -> Tensor:
-    """``[D]`` float32 mean of ``hidden_states[layer]`` over the val texts' real tokens
-    (``attention_mask``), read from the module that :func:`text_scores` replaces, accumulated
-    in float64: what mean ablation puts in the layer's place."""
-    module = hidden_state_module(model, layer)
-    seen: list[Tensor] = []
+    """One layer's mean, as :func:`clean_pass` takes it (``model`` must return logits)."""
+    return clean_pass(model, val, [layer])[1][layer]
 
-    def record(_module: Any, _inputs: Any, output: Any) -> None:
-        seen.append(output[0] if isinstance(output, tuple) else output)
 
-    total: Tensor | None = None
-    count = 0
-    handle = module.register_forward_hook(record)
+def record_states(
+    model: Any, val: ValTexts, layers: list[int], dtype: torch.dtype | None = None
+) -> list[dict[int, Tensor]]:
+    """Per batch (in :meth:`ValTexts.batches` order), ``model``'s ``hidden_states[layer]`` of each
+    of ``layers``, from one forward pass per batch: what a replacement that reads another
+    model's state of the same tokens (the crosscoder's PT side) looks up by batch number."""
+    return [states for *_, states in _recorded_forwards(model, val, layers, dtype)]
+
+
+class _ScoreSheet:
+    """Per-text correctness and loss, filled batch by batch (texts come length-sorted)."""
+
+    def __init__(self, n: int) -> None:
+        self.correct, self.loss = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.float64)
+
+    def add(self, idx: np.ndarray, logits: Tensor, labels: np.ndarray) -> None:
+        logits = logits.float()
+        y = torch.as_tensor(labels[idx], device=logits.device)
+        ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        self.loss[idx] = ce.cpu().numpy()
+        self.correct[idx] = (logits.argmax(-1) == y).cpu().numpy()
+
+    def done(self) -> TextScores:
+        return TextScores(self.correct, self.loss)
+
+
+def _recorded_forwards(
+    model: Any, val: ValTexts, layers: list[int], dtype: torch.dtype | None
+) -> Iterator[tuple[np.ndarray, dict[str, Tensor], Tensor | None, dict[int, Tensor]]]:
+    """Per batch: (text indices, batch, logits or None, ``{layer: hidden_states[layer]}``), read
+    by hooks on the modules :func:`text_scores` replaces, so a mean or a recorded state is
+    exactly what a replacement at that layer would see."""
+    seen: dict[int, Tensor] = {}
+
+    def recorder(layer: int) -> Callable[[Any, Any, Any], None]:
+        def record(_module: Any, _inputs: Any, output: Any) -> None:
+            seen[layer] = output[0] if isinstance(output, tuple) else output
+
+        return record
+
+    handles = [
+        hidden_state_module(model, layer).register_forward_hook(recorder(layer)) for layer in layers
+    ]
     try:
-        with torch.inference_mode():
-            for _, batch in val.batches():
+        with torch.inference_mode(), _autocast(val.device, dtype):
+            for idx, batch in val.batches():
                 seen.clear()
-                model(**batch)
-                mask = batch["attention_mask"].bool()
-                summed = seen[-1][mask].double().sum(0)
-                total = summed if total is None else total + summed
-                count += int(mask.sum())
+                out = model(**batch)
+                yield idx, batch, getattr(out, "logits", None), dict(seen)
     finally:
-        handle.remove()
-    assert total is not None  # ValTexts holds at least one text
-    return (total / count).float()
+        for handle in handles:
+            handle.remove()
+
+
+def _autocast(device: Any, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device``'s type; a no-op when ``dtype`` is None."""
+    return torch.autocast(
+        torch.device(device).type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -268,13 +268,16 @@ def run_layer(
 # --------------------------------------------------------------------------------------------
 
 
-def crosscoder_replace(cc: Crosscoder, pt_encoder: Any, layer: int) -> splice.MakeReplace:
-    """Per batch: run the PT encoder on the batch for its ``hidden_states[layer]``, then replace
-    the FT hidden state of every token by the crosscoder's FT reconstruction of the (PT, FT)
-    pair; the crosscoder reads both models, so the FT side alone cannot be spliced."""
+def crosscoder_replace(
+    cc: Crosscoder, pt_states: list[dict[int, torch.Tensor]], layer: int
+) -> splice.MakeReplace:
+    """Per batch: replace the FT hidden state of every token by the crosscoder's FT
+    reconstruction of the (PT, FT) pair, the PT state read from ``pt_states`` (the PT encoder's
+    states of the same batch, :func:`layerwise.splice.record_states`); the crosscoder reads both
+    models, so the FT side alone cannot be spliced."""
 
-    def make(batch: dict[str, torch.Tensor]) -> splice.Replace:
-        pt_hidden = pt_encoder(**batch, output_hidden_states=True).hidden_states[layer]
+    def make(number: int, _batch: dict[str, torch.Tensor]) -> splice.Replace:
+        pt_hidden = pt_states[number][layer]
 
         def replace(ft_hidden: torch.Tensor) -> torch.Tensor:
             shape, d = ft_hidden.shape, ft_hidden.shape[-1]
@@ -291,12 +294,12 @@ def splice_layers(
 ) -> dict[str, Any]:
     """Fill each row's ``ft_recovered_accuracy``: the share of the FT classifier's val accuracy
     kept when the layer's FT hidden state is replaced by the crosscoder's FT reconstruction,
-    relative to mean-ablating the layer (:mod:`layerwise.splice`). Returns the clean accuracy
-    and every layer's ``schema.SAE_SPLICE_KEYS`` (with the bootstrap CIs) for the JSON."""
+    relative to mean-ablating the layer (:mod:`layerwise.splice`), scored under the fine-tune
+    stage's autocast. Returns the clean accuracy and every layer's ``schema.SAE_SPLICE_KEYS``
+    (with the bootstrap CIs) for the JSON."""
     p = args.params
     val_split = load_splits(Paths(args.root).prepared(args.task))["val"]
     classifier = load_classifier(str(ft_dir)).to(device).eval()
-    pt_encoder = load_encoder(p.model(args.model).source).to(device).eval()
     val = splice.ValTexts.tokenize(
         load_tokenizer(str(ft_dir)),
         list(val_split["text"]),
@@ -305,17 +308,18 @@ def splice_layers(
         batch_size=p.finetune.eval_batch_size,
         device=device,
     )
-    clean = splice.text_scores(classifier, val)
+    layers, dtype = [r.layer for r in results], autocast_dtype(p.finetune.precision, device)
+    clean, means = splice.clean_pass(classifier, val, layers, dtype)
+    pt_encoder = load_encoder(p.model(args.model).source).to(device).eval()
+    pt_states = splice.record_states(pt_encoder, val, layers, dtype)
+    del pt_encoder
     out: dict[str, Any] = {"ft_accuracy_clean": clean.accuracy, "layers": {}}
     for r in results:
-        mean = splice.mean_hidden_state(classifier, val, r.layer)
-        ablated = splice.text_scores(
-            classifier, val, r.layer, splice.per_batch(splice.constant_replace(mean))
-        )
+        ablate = splice.per_batch(splice.constant_replace(means[r.layer]))
+        ablated = splice.text_scores(classifier, val, r.layer, ablate, dtype)
         cc = r.crosscoder.to(device)
-        spliced = splice.text_scores(
-            classifier, val, r.layer, crosscoder_replace(cc, pt_encoder, r.layer)
-        )
+        replace = crosscoder_replace(cc, pt_states, r.layer)
+        spliced = splice.text_scores(classifier, val, r.layer, replace, dtype)
         r.crosscoder = cc.cpu()
         m = splice.splice_metrics(
             clean, spliced, ablated, p.compare.n_boot, args.seed, p.compare.confidence
@@ -446,6 +450,7 @@ def run(args: StageArgs) -> dict:
         f"models.{args.model}.source": model_def.source,
         "finetune.max_length": p.finetune.max_length,
         "finetune.eval_batch_size": p.finetune.eval_batch_size,
+        "finetune.precision": p.finetune.precision,
         "compare.n_boot": p.compare.n_boot,
         "compare.confidence": p.compare.confidence,
         "seed": args.seed,

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from layerwise import io, splice
 from layerwise.activations import ActivationStore
 from layerwise.cli import StageArgs, prefixed, stage_run
-from layerwise.config import CompareParams, ConfigError, SAEParams, section_dict
+from layerwise.config import ConfigError, Params, SAEParams, section_dict
 from layerwise.data import load_splits
 from layerwise.models import (
     autocast_dtype,
@@ -191,17 +192,21 @@ def splice_unit(
     layer: int,
     sae: SparseAutoencoder,
     clean: splice.TextScores,
-    compare: CompareParams,
+    mean: torch.Tensor,
+    p: Params,
     seed: int,
 ) -> dict[str, float]:
     """``schema.SAE_SPLICE_KEYS`` of one FT layer: the classifier with the layer replaced by
-    its SAE reconstruction, against mean-ablating the layer (its mean over val tokens)."""
-    mean = splice.mean_hidden_state(classifier, val, layer)
-    ablated = splice.text_scores(
-        classifier, val, layer, splice.per_batch(splice.constant_replace(mean))
+    its SAE reconstruction, against mean-ablating the layer (``mean``: its mean over val
+    tokens), scored under the fine-tune stage's autocast."""
+    dtype = autocast_dtype(p.finetune.precision, val.device)
+    ablate = splice.per_batch(splice.constant_replace(mean))
+    ablated = splice.text_scores(classifier, val, layer, ablate, dtype)
+    spliced = splice.text_scores(
+        classifier, val, layer, splice.per_batch(splice.sae_replace(sae)), dtype
     )
-    spliced = splice.text_scores(classifier, val, layer, splice.per_batch(splice.sae_replace(sae)))
-    return splice.splice_metrics(clean, spliced, ablated, compare.n_boot, seed, compare.confidence)
+    c = p.compare
+    return splice.splice_metrics(clean, spliced, ablated, c.n_boot, seed, c.confidence)
 
 
 def accuracy_metrics(
@@ -221,12 +226,14 @@ def accuracy_metrics(
         batch_size=p.finetune.eval_batch_size,
         device=device,
     )
-    clean = splice.text_scores(classifier, val)
+    layers = p.model(args.model).layers
+    dtype = autocast_dtype(p.finetune.precision, device)
+    clean, means = splice.clean_pass(classifier, val, layers, dtype)
     metrics = {"ft/accuracy_clean": clean.accuracy}
-    for layer in p.model(args.model).layers:
+    for layer in layers:
         name = unit_name("ft", layer)
         unit = (
-            splice_unit(classifier, val, layer, saes[name], clean, p.compare, args.seed)
+            splice_unit(classifier, val, layer, saes[name], clean, means[layer], p, args.seed)
             if p.sae.pooling == "token"
             else splice.nan_splice_metrics(clean)
         )
@@ -331,6 +338,9 @@ def run(args: StageArgs) -> dict:
     used = {
         **prefixed("sae", p.sae),
         f"models.{args.model}.layers": layers,
+        "finetune.max_length": p.finetune.max_length,
+        "finetune.eval_batch_size": p.finetune.eval_batch_size,
+        "finetune.precision": p.finetune.precision,
         "compare.n_boot": p.compare.n_boot,
         "compare.confidence": p.compare.confidence,
         "seed": args.seed,
