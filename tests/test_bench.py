@@ -3,7 +3,8 @@
 The benchmarks themselves take an hour; what is tested here is what turns their measurements
 into the reported figures and verdicts (medians, spreads, targets), the peak-RSS reading of a
 command, the shared FVU arithmetic, the results file, and the refusals to run: on a checkout
-whose pipeline never ran, and without the peer SAE library.
+whose pipeline never ran, and without the peer SAE libraries. The sae-lens peer is also run, on
+tiny synthetic data (skipped without sae-lens).
 """
 
 from __future__ import annotations
@@ -252,6 +253,70 @@ def test_sae_refuses_to_run_without_the_peer(monkeypatch) -> None:
     monkeypatch.setattr(sae.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SystemExit, match=r"pip install --no-deps dictionary-learning==0\.1\.0"):
         sae.peer_module("trainers.standard")
+
+
+def test_sae_refuses_to_run_without_sae_lens(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "sae_lens", None)  # import sae_lens: ImportError
+    with pytest.raises(SystemExit, match=r"make bench installs sae-lens==6\.54\.12"):
+        sae.sae_lens_modules()
+
+
+@pytest.fixture(scope="module")
+def tiny_sae_lens_setup(one_torch_thread) -> object:
+    """A bench setup on tiny synthetic data (D=16, F=64, 100 steps of 128 rows, warmup and a
+    final decay) with sae-lens as the only peer; skipped where sae-lens is not installed. 100
+    steps: sae-lens starts ``b_dec`` at zero (ours at the data mean), and the synthetic data's
+    large offset takes it a few dozen steps to learn."""
+    try:
+        modules = sae.sae_lens_modules()
+    except SystemExit as err:
+        pytest.skip(str(err))
+    from layerwise.sae.train import TrainConfig, estimate_scale_factor
+
+    rows = sae.synthetic_store(4096, 16, seed=0)
+    train, evals = rows[:3072], rows[3072:]
+    config = TrainConfig(
+        lr=1e-2, batch_size=128, max_tokens=100 * 128, warmup_steps=5, lr_decay_ratio=0.2
+    )
+    scale = estimate_scale_factor(train)
+    return sae.Setup(train, evals, scale, 64, config, None, modules)
+
+
+def test_sae_lens_peer_follows_our_lr_schedule_step_for_step(tiny_sae_lens_setup) -> None:
+    from layerwise.sae.train import _lr_factor
+
+    setup = tiny_sae_lens_setup
+    trainer = sae.sae_lens_trainer(setup, "topk", 4)
+    steps, config = setup.steps, setup.config
+    warmup, decay = config.warmup(steps), config.decay(steps)
+    assert (steps, warmup, decay) == (100, 5, 20)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    expected = [config.lr * _lr_factor(s, steps, warmup, decay) for s in range(steps)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+
+
+def test_sae_lens_peer_trains_on_our_batches_and_is_judged_like_the_others(
+    tiny_sae_lens_setup,
+) -> None:
+    setup = tiny_sae_lens_setup
+    assert sae.peer_names(setup) == ["sae-lens"]
+    topk = sae.train_sae_lens(setup, "topk", 4)
+    assert topk.impl == "sae-lens" and topk.label() == "sae-lens topk float32 (k 4)"
+    assert np.isfinite(topk.metrics["fvu"]) and 0 < topk.metrics["fvu"] < 0.8
+    assert topk.metrics["l0"] == pytest.approx(4.0, abs=0.05)  # TopK: k latents per row
+    l1 = sae.train_sae_lens(setup, "l1", 1.0)
+    assert np.isfinite(l1.metrics["fvu"]) and 0 < l1.metrics["fvu"] < 0.8
+    assert 0 < l1.metrics["l0"] < 64
+    again = sae.train_sae_lens(setup, "topk", 4)  # seeded init, same batches: same SAE
+    assert again.metrics["fvu"] == pytest.approx(topk.metrics["fvu"], rel=1e-6)
+    ours = _run("ours", [1.0], fvu=0.2, l0=4.0)
+    fig = sae.ratio_figure("topk", ours, topk, judged=False)
+    assert fig.name == "sae topk: ours fp32 / sae-lens tokens/s"
+    assert fig.values == pytest.approx([topk.walls[0]])
 
 
 # --------------------------------------------------------------------------------------------
