@@ -16,7 +16,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from app_support import APP_FILE, KEY, AppTree, app_tree  # noqa: F401
@@ -85,33 +87,50 @@ def server(app_tree: AppTree, tmp_path: Path) -> Iterator[str]:  # noqa: F811
             proc.kill()
 
 
-def test_typing_a_sentence_colours_its_tokens_in_chromium(server: str, tmp_path: Path) -> None:
+@contextmanager
+def _chromium_page() -> Iterator[Any]:
+    """A Playwright page in headless Chromium (skips where there is none)."""
     executable = _browser()
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         print("SKIP browser test: playwright is not installed (pip install -e '.[dev]')")
         pytest.skip("playwright is not installed")
-    url = f"{server}/?page=Sentence&model={KEY.model}&task={KEY.task}&seed={KEY.seed}"
     args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, headless=True, args=args)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            box = page.get_by_label("Sentence (Enter to run)")
-            box.wait_for(timeout=90_000)
-            box.fill(SENTENCE)
-            box.press("Enter")
-            heading = page.get_by_text("ft_L1 · feature", exact=False).first
-            heading.wait_for(timeout=90_000)
-            spans = page.locator("span[title]").all_inner_texts()
-            screenshot = os.environ.get("EXPLORER_SCREENSHOT")
-            if screenshot:
-                page.wait_for_timeout(1500)  # let the charts draw
-                page.screenshot(path=screenshot, full_page=False)
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
         finally:
             browser.close()
+
+
+def test_typing_a_sentence_colours_its_tokens_in_chromium(server: str, tmp_path: Path) -> None:
+    url = f"{server}/?page=Sentence&model={KEY.model}&task={KEY.task}&seed={KEY.seed}"
+    with _chromium_page() as page:
+        page.goto(url, wait_until="domcontentloaded")
+        box = page.get_by_label("Sentence (Enter to run)")
+        box.wait_for(timeout=90_000)
+        box.fill(SENTENCE)
+        box.press("Enter")
+        heading = page.get_by_text("ft_L1 · feature", exact=False).first
+        heading.wait_for(timeout=90_000)
+        spans = page.locator("span[title]").all_inner_texts()
+        screenshot = os.environ.get("EXPLORER_SCREENSHOT")
+        if screenshot:
+            page.wait_for_timeout(1500)  # let the charts draw
+            page.screenshot(path=screenshot, full_page=False)
     words = SENTENCE.split()
     assert ["[CLS]", *words, "[SEP]"] == spans[: len(words) + 2]
+
+
+def test_a_crosscoder_card_link_renders_without_error_in_chromium(server: str) -> None:
+    query = f"model={KEY.model}&task={KEY.task}&seed={KEY.seed}&cc_layer=1&latent=0"
+    with _chromium_page() as page:
+        page.goto(f"{server}/?page=Crosscoders&{query}", wait_until="domcontentloaded")
+        page.get_by_text("crosscoder L1 · latent 0 of", exact=False).first.wait_for(timeout=90_000)
+        page.get_by_text("Relative decoder norm r of alive latents").first.wait_for()
+        page.locator("span[title]").first.wait_for(timeout=90_000)  # the top texts, drawn last
+        errors = page.locator('[data-testid="stException"]').count()
+    assert errors == 0

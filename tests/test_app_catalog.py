@@ -27,6 +27,7 @@ def test_catalog_lists_the_run_and_every_output(app_tree: AppTree) -> None:  # n
     assert run.missing("prepare", "finetune", "compare", "sae", "features") == []
     assert run.sae_units == ("pt_L1", "ft_L1", "pt_L2", "ft_L2")
     assert run.sae_layers == [1, 2]
+    assert run.crosscoder_layers == (1, 2) and run.missing("crosscoder") == []
     assert catalog.models() == [KEY.model]
     assert catalog.tasks(KEY.model) == [KEY.task] and catalog.seeds(KEY.model, KEY.task) == [0]
     assert {p.name for p in catalog.tables} >= {"claims.csv", "layer_similarity.csv"}
@@ -54,10 +55,12 @@ def test_partial_tree_lists_the_run_and_names_the_missing_stages(
         shutil.copyfile(path, target)
     run = scan(tmp_path).run(KEY)
     assert run.similarity and not run.finetuned and run.sae_units == ()
-    missing = run.missing("finetune", "sae")
-    assert missing == ["finetune", "sae"]
+    assert run.crosscoder_layers == ()
+    missing = run.missing("finetune", "sae", "crosscoder")
+    assert missing == ["finetune", "sae", "crosscoder"]
     hint = run.hint(missing)
     assert f"finetune@{KEY.item}" in hint and f"sae@{KEY.item}" in hint and "make reproduce" in hint
+    assert f"crosscoder@{KEY.item}" in hint
     assert dst.similarity_csv(*_key()).is_file()
     with pytest.raises(ExplorerError, match="no run other/kw/0"):
         scan(tmp_path).run(RunKey("other", "kw", 0))

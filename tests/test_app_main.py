@@ -8,7 +8,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from app_support import APP_FILE, KEY, SENTENCE, AppTree, app_tree  # noqa: F401
+from app_support import APP_FILE, KEY, SENTENCE, AppTree, app_tree, running_app  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 TIMEOUT = 60
@@ -34,18 +34,16 @@ def _warnings(at: AppTest) -> list[str]:
 
 @pytest.fixture(scope="module")
 def at(app_tree: AppTree) -> AppTest:  # noqa: F811
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LAYERWISE_ROOT", str(app_tree.root))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        app = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
-        yield app.run()
+    with running_app(app_tree.root) as app:
+        yield app
 
 
 def test_overview_and_menus_list_what_exists(at: AppTest) -> None:
     assert not at.exception
     runs = at.dataframe[0].value
     assert runs[["model", "task", "seed"]].values.tolist() == [[KEY.model, KEY.task, 0]]
-    assert runs.loc[0, ["prepare", "finetune", "compare", "sae", "features"]].tolist() == ["✓"] * 5
+    stages = ["prepare", "finetune", "compare", "sae", "crosscoder", "features"]
+    assert runs.loc[0, stages].tolist() == ["✓"] * 6 and runs.loc[0, "crosscoder layers"] == "1, 2"
     _page(at, "Sentence")
     assert at.sidebar.selectbox(key="model").options == [KEY.model]
     assert at.sidebar.selectbox(key="task").options == [KEY.task]
@@ -115,6 +113,28 @@ def test_feature_card_shows_top_texts_and_token_search_opens_cards(at: AppTest) 
     assert at.subheader[0].value == f"ft_L2 · feature {picks[1].key[5:]} of 64"
 
 
+def test_crosscoder_page_shows_r_histogram_latent_list_and_cards(at: AppTest) -> None:
+    _page(at, "Crosscoders")
+    at.text_input(key="latent").input("").run()
+    assert at.selectbox(key="cc_layer").options == ["1", "2"]
+    at.selectbox(key="cc_layer").set_value("2").run()
+    assert not at.exception and not _warnings(at)
+    assert at.get("vega_lite_chart")
+    listed = at.dataframe[0].value
+    assert listed["r"].is_monotonic_decreasing and set(listed["class"]) <= {
+        "PT-only", "shared", "FT-only"
+    }  # fmt: skip
+    at.selectbox(key="cc_sort").set_value("r, PT-only first").run()
+    assert at.dataframe[0].value["r"].is_monotonic_increasing
+    latent = int(listed["latent"].iloc[0])
+    at.text_input(key="latent").input(str(latent)).run()
+    assert not at.exception and not _warnings(at)
+    n_latents = at.metric[0].value.split(" of ")[1]
+    assert at.subheader[0].value == f"crosscoder L2 · latent {latent} of {n_latents}"
+    assert {"relative norm r", "class", "|d_PT|", "|d_FT|"} <= {m.label for m in at.metric}
+    at.text_input(key="latent").input("").run()
+
+
 def test_results_page_shows_tables_claims_figures_and_run_ids(at: AppTest) -> None:
     _page(at, "Results")
     titles = [s.value for s in at.subheader]
@@ -127,7 +147,7 @@ def test_results_page_shows_tables_claims_figures_and_run_ids(at: AppTest) -> No
 
 def test_the_app_never_writes_into_the_tree(app_tree: AppTree, at: AppTest) -> None:  # noqa: F811
     before = _snapshot(app_tree.root)
-    for page in ("Overview", "Sentence", "PT vs FT", "Feature cards", "Results"):
+    for page in ("Overview", "Sentence", "PT vs FT", "Feature cards", "Crosscoders", "Results"):
         _page(at, page)
     assert _snapshot(app_tree.root) == before
 

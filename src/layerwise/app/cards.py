@@ -7,12 +7,15 @@ The card's "first load" is one pass of the unit's SAE over the whole analysis st
 (:func:`unit_index`, cached per unit): it keeps every token's nonzero activations as a sparse
 matrix (one column per latent), so a card for any latent of that unit is array slicing.
 The per-text reduction is the features stage's own (:func:`layerwise.features.text_feature_matrix`),
-so a card's top texts are the ones the stage reports.
+so a card's top texts are the ones the stage reports. Crosscoder latents get the same card
+(:class:`LatentCard`, built by :func:`latent_card` from :func:`encode_store`'s pass) plus their
+model-diffing part (:mod:`layerwise.app.crosscoders`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from layerwise import features as F
 from layerwise.app.catalog import ExplorerError, RunKey, other_unit
 from layerwise.app.encode import check_feature
 from layerwise.app.loaders import AnalysisTexts, Workspace
+from layerwise.sae._arrays import ArrayLike
 
 N_PERMUTATIONS = 200
 """Label permutations behind a card's selectivity null (p-values down to 1/201)."""
@@ -35,7 +39,8 @@ class UnitIndex:
     token_acts: object
     """``scipy.sparse.csc_matrix [n_tokens, F]``: every token's nonzero activations."""
     decoder: np.ndarray
-    """``W_dec [F, D]`` (unit-norm rows), for the nearest latent of the other SAE."""
+    """``W_dec [F, D]`` (an SAE's unit-norm rows, for the nearest latent of the other SAE; a
+    crosscoder's ``[F, 2D]``, both models' rows)."""
 
     @property
     def n_features(self) -> int:
@@ -52,11 +57,21 @@ def unit_index(ws: Workspace, key: RunKey, unit: str) -> UnitIndex:
 
 
 def _build_unit_index(ws: Workspace, key: RunKey, unit: str) -> UnitIndex:
-    from scipy import sparse
-
     from layerwise.sae.model import numpy_encoder
 
     sae = ws.sae(key, unit)
+    decoder = sae.W_dec.detach().cpu().numpy()
+    return encode_store(ws, key, numpy_encoder(sae), ws.store(key).acts(unit), decoder)
+
+
+def encode_store(
+    ws: Workspace, key: RunKey, encode: F.Encode, acts: ArrayLike, decoder: np.ndarray
+) -> UnitIndex:
+    """Any dictionary (an SAE, or a crosscoder over paired rows) applied to every analysis
+    token of ``acts`` in one streaming pass, keeping every nonzero activation: the one pass a
+    card of either kind is sliced from."""
+    from scipy import sparse
+
     store = ws.store(key)
     analysis = ws.analysis(key)
     if store.n_texts != len(analysis.texts):
@@ -64,7 +79,6 @@ def _build_unit_index(ws: Workspace, key: RunKey, unit: str) -> UnitIndex:
             f"{key.label}: the activation store holds {store.n_texts} texts but the prepared "
             f"analysis split has {len(analysis.texts)}: rerun `dvc repro compare@{key.item}`"
         )
-    encode = numpy_encoder(sae)
     chunks: list[object] = []
 
     def encode_and_keep(x: np.ndarray) -> np.ndarray:
@@ -74,14 +88,13 @@ def _build_unit_index(ws: Workspace, key: RunKey, unit: str) -> UnitIndex:
 
     text_features = F.text_feature_matrix(
         encode_and_keep,
-        store.acts(unit),
+        acts,
         ws.store_index(key).text_id,
         store.n_texts,
         reduce="max",
-        d_in=sae.cfg.d_in,
+        d_in=int(acts.shape[1]),
     )
     token_acts = sparse.vstack(chunks, format="csc")
-    decoder = sae.W_dec.detach().cpu().numpy()
     return UnitIndex(text_features, token_acts, decoder)
 
 
@@ -125,9 +138,11 @@ class Neighbour:
 
 
 @dataclass(frozen=True)
-class FeatureCard:
+class LatentCard:
+    """What a card shows of any dictionary latent (an SAE's or a crosscoder's) on the run's
+    analysis split; the card kinds add what is particular to them."""
+
     key: RunKey
-    unit: str
     feature: int
     n_features: int
     fire_rate: float
@@ -137,23 +152,40 @@ class FeatureCard:
     histogram: tuple[np.ndarray, np.ndarray]
     """(counts, bin edges) of the latent's nonzero token activations."""
     selectivity: SelectivityWithNull
+
+
+@dataclass(frozen=True)
+class FeatureCard(LatentCard):
+    """An SAE latent's card, with the nearest latent of the other model's SAE."""
+
+    unit: str
     neighbour: Neighbour | None
 
 
-def feature_card(
-    ws: Workspace, key: RunKey, unit: str, feature: int, n_texts: int = 8
-) -> FeatureCard:
-    """Everything about latent ``feature`` of ``unit``; an unknown id raises
-    :class:`ExplorerError` naming the valid range."""
-    index = unit_index(ws, key, unit)
-    check_feature(feature, index.n_features, unit)
+def card_fields(card: LatentCard) -> dict[str, Any]:
+    """The :class:`LatentCard` part of a card as keyword arguments (shallow: the arrays are
+    shared, not copied), to build a card kind from :func:`latent_card`."""
+    return {f.name: getattr(card, f.name) for f in fields(LatentCard)}
+
+
+def latent_card(
+    ws: Workspace,
+    key: RunKey,
+    index: UnitIndex,
+    feature: int,
+    name: str,
+    n_texts: int = 8,
+    kind: str = "SAE",
+) -> LatentCard:
+    """The card of latent ``feature`` of ``index`` (the ``kind`` dictionary ``name``); an
+    unknown id raises :class:`ExplorerError` naming the valid range."""
+    check_feature(feature, index.n_features, name, kind)
     analysis = ws.analysis(key)
     column = index.column(feature)
     fired = column[column > 0]
     histogram = np.histogram(fired, bins=HISTOGRAM_BINS) if fired.size else _empty_histogram()
-    return FeatureCard(
+    return LatentCard(
         key=key,
-        unit=unit,
         feature=feature,
         n_features=index.n_features,
         fire_rate=float(index.text_features.fire_rate[feature]),
@@ -163,8 +195,18 @@ def feature_card(
         selectivity=selectivity_with_null(
             index.text_features.per_text[:, feature], analysis, seed=feature
         ),
-        neighbour=_neighbour(ws, key, unit, index.decoder[feature]),
     )
+
+
+def feature_card(
+    ws: Workspace, key: RunKey, unit: str, feature: int, n_texts: int = 8
+) -> FeatureCard:
+    """Everything about latent ``feature`` of ``unit``; an unknown id raises
+    :class:`ExplorerError` naming the valid range."""
+    index = unit_index(ws, key, unit)
+    card = latent_card(ws, key, index, feature, unit, n_texts)
+    neighbour = _neighbour(ws, key, unit, index.decoder[feature])
+    return FeatureCard(**card_fields(card), unit=unit, neighbour=neighbour)
 
 
 def _empty_histogram() -> tuple[np.ndarray, np.ndarray]:

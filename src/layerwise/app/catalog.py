@@ -25,6 +25,8 @@ REPRODUCE_HINT = (
 )
 UNIT = re.compile(r"(pt|ft)_L(\d+)")
 """An SAE unit folder name (``schema.unit_name``)."""
+CROSSCODER_LAYER = re.compile(r"L(\d+)")
+"""A crosscoder folder name under ``models/<model>/<task>/<run>/crosscoder``."""
 SEED_DIR = re.compile(r"s(\d+)")
 RUN_GLOBS = (
     "models/*/*/s*",
@@ -97,6 +99,8 @@ class RunOutputs:
     similarity: bool
     sae_units: tuple[str, ...]
     features: bool
+    crosscoder_layers: tuple[int, ...] = ()
+    """Layers with a saved crosscoder (``crosscoder/L<layer>/cfg.json``), ascending."""
 
     @property
     def sae_layers(self) -> list[int]:
@@ -104,12 +108,13 @@ class RunOutputs:
 
     def missing(self, *needs: str) -> list[str]:
         """The stages among ``needs`` (``prepare``, ``finetune``, ``compare``, ``sae``,
-        ``features``) whose outputs this run lacks."""
+        ``crosscoder``, ``features``) whose outputs this run lacks."""
         present = {
             "prepare": self.prepared,
             "finetune": self.finetuned,
             "compare": self.store,
             "sae": bool(self.sae_units),
+            "crosscoder": bool(self.crosscoder_layers),
             "features": self.features,
         }
         return [stage for stage in needs if not present[stage]]
@@ -125,18 +130,21 @@ class RunOutputs:
         )
 
 
+def saved_dictionaries(root: Path, pattern: re.Pattern[str]) -> list[re.Match[str]]:
+    """The folders under ``root`` whose names match ``pattern`` and that hold a ``cfg.json``
+    (an SAE or a crosscoder is complete only once its config is written), as matches."""
+    if not root.is_dir():
+        return []
+    found = (pattern.fullmatch(p.name) for p in root.iterdir() if (p / "cfg.json").is_file())
+    return [m for m in found if m is not None]
+
+
 def run_outputs(paths: Paths, key: RunKey) -> RunOutputs:
     """What exists of one run (file-system checks only)."""
     m, t, s = key.model, key.task, key.seed
-    sae_root = paths.saes(m, t, s)
-    units: tuple[str, ...] = ()
-    if sae_root.is_dir():
-        found = [
-            p.name
-            for p in sae_root.iterdir()
-            if UNIT.fullmatch(p.name) and (p / "cfg.json").is_file()
-        ]
-        units = tuple(sorted(found, key=unit_sort_key))
+    found = saved_dictionaries(paths.saes(m, t, s), UNIT)
+    units = tuple(sorted((u.group(0) for u in found), key=unit_sort_key))
+    crosscoders = saved_dictionaries(paths.crosscoders(m, t, s), CROSSCODER_LAYER)
     return RunOutputs(
         key=key,
         prepared=(paths.prepared(t) / "dataset_dict.json").is_file(),
@@ -145,6 +153,7 @@ def run_outputs(paths: Paths, key: RunKey) -> RunOutputs:
         similarity=paths.similarity_csv(m, t, s).is_file(),
         sae_units=units,
         features=paths.features_json(m, t, s).is_file(),
+        crosscoder_layers=tuple(sorted(int(c.group(1)) for c in crosscoders)),
     )
 
 
@@ -213,6 +222,5 @@ def _has_any(r: RunOutputs, paths: Paths) -> bool:
         paths.features_metrics(k.model, k.task, k.seed),
         paths.features_csv(k.model, k.task, k.seed),
     )
-    return any((r.finetuned, r.store, r.similarity, r.sae_units, r.features)) or any(
-        p.is_file() for p in metrics
-    )
+    outputs = (r.finetuned, r.store, r.similarity, r.sae_units, r.features, r.crosscoder_layers)
+    return any(outputs) or any(p.is_file() for p in metrics)

@@ -48,10 +48,11 @@ class TextActivations:
         return acts[:, feature]
 
 
-def check_feature(feature: int, n_features: int, unit: str) -> None:
+def check_feature(feature: int, n_features: int, unit: str, kind: str = "SAE") -> None:
+    """Refuse a latent id outside the ``kind`` dictionary ``unit``, naming the valid range."""
     if not 0 <= feature < n_features:
         raise ExplorerError(
-            f"feature {feature} does not exist: the SAE {unit} has features 0..{n_features - 1}"
+            f"feature {feature} does not exist: the {kind} {unit} has features 0..{n_features - 1}"
         )
 
 

@@ -27,6 +27,7 @@ from layerwise.paths import Paths
 
 if TYPE_CHECKING:
     from layerwise.activations import ActivationStore
+    from layerwise.sae.crosscoder import Crosscoder
     from layerwise.sae.model import SparseAutoencoder
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,31 @@ class Workspace:
             )
         path = self.paths.saes(key.model, key.task, key.seed) / unit
         return self.cached(("sae", key, unit), lambda: load_sae(path))
+
+    def crosscoder_dir(self, key: RunKey, layer: int) -> Path:
+        """The folder of the run's crosscoder at ``layer``, or an error naming the layers the
+        run has (or the stage to run when it has none)."""
+        outputs = self.require(key, "crosscoder")
+        if layer not in outputs.crosscoder_layers:
+            have = ", ".join(str(x) for x in outputs.crosscoder_layers)
+            raise ExplorerError(f"{key.label} has no crosscoder at layer {layer}; it has {have}")
+        return self.paths.crosscoders(key.model, key.task, key.seed) / f"L{layer}"
+
+    def crosscoder(self, key: RunKey, layer: int) -> Crosscoder:
+        from layerwise.sae.crosscoder import load_crosscoder
+
+        path = self.crosscoder_dir(key, layer)
+        return self.cached(("crosscoder", key, layer), lambda: load_crosscoder(path))
+
+    def crosscoder_cfg(self, key: RunKey, layer: int) -> dict[str, Any]:
+        """The crosscoder's ``cfg.json``: besides the architecture, the stage writes the
+        ``params`` it was trained and read out with, so its class thresholds travel with it."""
+        import json
+
+        from layerwise.sae.crosscoder import CFG_FILENAME
+
+        path = self.crosscoder_dir(key, layer) / CFG_FILENAME
+        return self.cached(("crosscoder_cfg", key, layer), lambda: json.loads(path.read_text()))
 
     # ---------------------------------------------------------------------------------------
     # Data

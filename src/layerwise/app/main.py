@@ -20,11 +20,18 @@ import streamlit as st
 from layerwise.app import widgets
 from layerwise.app.catalog import REPRODUCE_HINT, ExplorerError
 from layerwise.app.loaders import Workspace
-from layerwise.app.views import feature_cards, overview, run_results, sentence, side_by_side
+from layerwise.app.views import (
+    crosscoders,
+    feature_cards,
+    overview,
+    run_results,
+    sentence,
+    side_by_side,
+)
 
 logger = logging.getLogger(__name__)
 
-PAGES = ("Overview", "Sentence", "PT vs FT", "Feature cards", "Results")
+PAGES = ("Overview", "Sentence", "PT vs FT", "Feature cards", "Crosscoders", "Results")
 # Also the URL's names: ``?page=Sentence``, ``?page=PT+vs+FT``.
 
 
@@ -59,14 +66,17 @@ def main() -> None:
         st.info("No (model, task, seed) run has outputs yet: run `make reproduce`.")
         return
     key = widgets.run_picker(catalog) if catalog.runs else None
+    loading = "Loading (the first time a model, SAE or crosscoder is used, it is read from disk)…"
     try:
-        with st.spinner("Loading (the first time a model or SAE is used, it is read from disk)…"):
+        with st.spinner(loading):
             if page == "Sentence":
                 sentence.render(ws, key)
             elif page == "PT vs FT":
                 side_by_side.render(ws, key)
             elif page == "Feature cards":
                 feature_cards.render(ws, key)
+            elif page == crosscoders.PAGE:
+                crosscoders.render(ws, key)
             else:
                 run_results.render(ws, key, catalog)
     except ExplorerError as exc:

@@ -58,6 +58,27 @@ def sae_rows(ws: Workspace, key: RunKey) -> list[dict[str, Any]] | None:
     return rows
 
 
+def crosscoder_rows(ws: Workspace, key: RunKey) -> list[dict[str, str]] | None:
+    """``crosscoder.csv``: one row per crosscoder layer (crosscoder stage)."""
+    return read_rows(ws.paths.crosscoder_csv(key.model, key.task, key.seed))
+
+
+def crosscoder_result(ws: Workspace, key: RunKey) -> dict[str, Any]:
+    """``crosscoder.json`` (empty when the stage has not run): the thresholds behind the
+    latent classes and the top FT-only latents per layer."""
+    return ws.cached(
+        ("crosscoder_json", key),
+        lambda: _json(ws.paths.crosscoder_json(key.model, key.task, key.seed)) or {},
+    )
+
+
+def top_ft_only_latents(ws: Workspace, key: RunKey, layer: int) -> list[int]:
+    """The FT-only latents the crosscoder stage reported for ``layer`` (most selective
+    first)."""
+    top = crosscoder_result(ws, key).get("top_ft_only", {}).get(str(layer), [])
+    return [int(entry["latent"]) for entry in top]
+
+
 def finetune_metrics(ws: Workspace, key: RunKey) -> dict[str, Any] | None:
     """The fine-tuning metrics the paper reads (``schema.FINETUNE_KEYS``)."""
     metrics = _json(ws.paths.finetune_metrics(key.model, key.task, key.seed))

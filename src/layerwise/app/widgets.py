@@ -9,7 +9,7 @@ task=sentiment&seed=0&text=...`` opens the sentence view on that sentence.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import streamlit as st
@@ -42,6 +42,19 @@ def run_picker(catalog: Catalog) -> RunKey:
     seeds = [str(s) for s in catalog.seeds(model, task)]
     seed = choose("Seed", seeds, "seed", sidebar=True)
     return RunKey(model, task, int(seed))
+
+
+def pick_buttons(
+    caption: str, latents: Sequence[int], key_prefix: str, on_pick: Callable[[int], None]
+) -> None:
+    """One ``#<id>`` button per latent a stage singled out (up to 10 a row), each calling
+    ``on_pick(id)``; nothing when there are none."""
+    if not latents:
+        return
+    st.caption(caption)
+    columns = st.columns(min(len(latents), 10))
+    for column, latent in zip(columns, latents, strict=False):
+        column.button(f"#{latent}", key=f"{key_prefix}{latent}", on_click=on_pick, args=(latent,))
 
 
 def parse_feature(text: str) -> int | None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 import streamlit as st
 
 from layerwise.app import widgets as W
-from layerwise.app.cards import FeatureCard, feature_card
+from layerwise.app.cards import FeatureCard, LatentCard, feature_card
 from layerwise.app.catalog import ExplorerError, RunKey
 from layerwise.app.loaders import Workspace
 from layerwise.app.results import top_variance_features
@@ -40,13 +43,12 @@ def render(ws: Workspace, key: RunKey) -> None:
 
 def _stage_picks(ws: Workspace, key: RunKey, unit: str) -> None:
     """One button per top-variance feature the features stage reported for this unit."""
-    top = top_variance_features(ws, key, unit)
-    if not top:
-        return
-    st.caption("Top-variance features of this SAE (features stage):")
-    columns = st.columns(min(len(top), 10))
-    for column, f in zip(columns, top, strict=False):
-        column.button(f"#{f}", key=f"pick_{f}", on_click=open_card, args=(unit, f))
+    W.pick_buttons(
+        "Top-variance features of this SAE (features stage):",
+        top_variance_features(ws, key, unit),
+        "pick_",
+        partial(open_card, unit),
+    )
 
 
 def _token_search(ws: Workspace, key: RunKey, unit: str, word: str) -> None:
@@ -82,6 +84,27 @@ def _token_search(ws: Workspace, key: RunKey, unit: str, word: str) -> None:
 
 def _draw_card(card: FeatureCard) -> None:
     st.subheader(f"{card.unit} · feature {card.feature} of {card.n_features}")
+    draw_latent(card, aside=lambda: _neighbour(card))
+
+
+def _neighbour(card: FeatureCard) -> None:
+    if card.neighbour is None:
+        return
+    n = card.neighbour
+    st.markdown(
+        f"**Nearest latent of the other model:** {n.unit} #{n.feature} "
+        f"(decoder cosine {n.cosine:.3f})"
+    )
+    st.button(
+        f"open {n.unit} #{n.feature}", key="open_neighbour",
+        on_click=open_card, args=(n.unit, n.feature),
+    )  # fmt: skip
+
+
+def draw_latent(card: LatentCard, aside: Callable[[], None] | None = None) -> None:
+    """What every latent card shows (firing, selectivity against chance, activation
+    histogram, AUC per label, top texts with the tokens shaded); ``aside`` draws the card
+    kind's own part under the AUC table."""
     sel = card.selectivity
     a, b, c, d = st.columns(4)
     a.metric("fires on tokens", f"{100 * card.fire_rate:.2f}%")
@@ -102,16 +125,8 @@ def _draw_card(card: FeatureCard) -> None:
             [{"label": k, "AUC": round(v, 3)} for k, v in sel.auc_per_class.items()],
             hide_index=True,
         )
-        if card.neighbour is not None:
-            n = card.neighbour
-            st.markdown(
-                f"**Nearest latent of the other model:** {n.unit} #{n.feature} "
-                f"(decoder cosine {n.cosine:.3f})"
-            )
-            st.button(
-                f"open {n.unit} #{n.feature}", key="open_neighbour",
-                on_click=open_card, args=(n.unit, n.feature),
-            )  # fmt: skip
+        if aside is not None:
+            aside()
     st.markdown("**Top-activating analysis texts**")
     if not card.top_texts:
         st.info("This latent never fires on the analysis split (a dead latent).")
@@ -124,7 +139,7 @@ def _draw_card(card: FeatureCard) -> None:
         )
 
 
-def _histogram(card: FeatureCard) -> None:
+def _histogram(card: LatentCard) -> None:
     counts, edges = card.histogram
     if not counts.size:
         st.write("No nonzero activations.")

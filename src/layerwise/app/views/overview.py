@@ -6,7 +6,7 @@ import streamlit as st
 
 from layerwise.app.catalog import REPRODUCE_HINT, Catalog
 
-STAGE_COLUMNS = ("prepare", "finetune", "compare", "sae", "features")
+STAGE_COLUMNS = ("prepare", "finetune", "compare", "sae", "crosscoder", "features")
 
 
 def render(catalog: Catalog) -> None:
@@ -20,6 +20,7 @@ def render(catalog: Catalog) -> None:
         missing = set(run.missing(*STAGE_COLUMNS))
         row.update({stage: "✗" if stage in missing else "✓" for stage in STAGE_COLUMNS})
         row["SAE units"] = ", ".join(run.sae_units) or "—"
+        row["crosscoder layers"] = ", ".join(map(str, run.crosscoder_layers)) or "—"
         rows.append(row)
     if rows:
         st.dataframe(rows, hide_index=True)
@@ -41,6 +42,7 @@ def render(catalog: Catalog) -> None:
         "(the paper's app). *PT vs FT*: the same sentence through both models at every SAE "
         "layer, and its own PT-vs-FT cosine per layer. *Feature cards*: any latent's top "
         "texts, activation histogram, label selectivity against chance, nearest latent of the "
-        "other model, and search by token. *Results*: the run's tables, the paper's figures and "
-        "claims, and its MLflow run ids."
+        "other model, and search by token. *Crosscoders*: model diffing, a layer's latents by "
+        "relative decoder norm (PT-only, shared, FT-only) and any latent's card. *Results*: "
+        "the run's tables, the paper's figures and claims, and its MLflow run ids."
     )

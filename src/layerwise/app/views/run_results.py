@@ -46,6 +46,11 @@ def _run_tables(ws: Workspace, key: RunKey) -> None:
         W.line_chart(rows, "layer", ["cosine", "cka"], "Similarity per layer (0 = embeddings)")
     _table("SAE quality per unit", R.sae_rows(ws, key), f"sae@{key.item}")
     _table("Feature statistics per SAE layer", R.feature_rows(ws, key), f"features@{key.item}")
+    _table(
+        "Crosscoder model diffing per layer",
+        R.crosscoder_rows(ws, key),
+        f"crosscoder@{key.item}",
+    )
     maps = R.token_map_image(ws, key)
     if maps is not None:
         st.image(str(maps), caption="Token maps of the run's example texts (features stage)")
