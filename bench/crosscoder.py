@@ -35,7 +35,11 @@ for both) and the rest (the steps' compute).
 Data: the workspace's activation stores ``pt_L<layer>`` and ``ft_L<layer>`` of the task
 (``data/activations/<m>/<task>/s<seed>``, read-only memmaps; the middle SAE layer by default),
 else synthetic paired data of the same shape (said in the output). Target: ours >= 1.0x the
-peer's tokens/s at equal or lower FVU on both models.
+peer's tokens/s at equal or lower FVU on both models. Two readings are printed: on the same
+token budget (the ratio of tokens/s, with the FVU gap noted), and at equal quality (ours trained
+on 1.25x, 1.5x, 2x or 3x the tokens, the first budget whose FVU is at or below the peer's on both
+models, and the peer's wall time over ours: what a user waits for a crosscoder as good as the
+peer's). The matched runs are timed after the interleaved repeats, one after another.
 
 Usage::
 
@@ -66,6 +70,8 @@ from timing import (
 
 FVU_TOLERANCE = 0.005
 """Absolute FVU slack for "equal": two runs with different seeds differ by about this much."""
+MATCH_FACTORS = (1.25, 1.5, 2.0, 3.0)
+"""Token budgets (times the peer's) tried in turn for ours to reach the peer's FVU."""
 QUICK = {"train_tokens": 20_480, "train_rows": 20_000, "eval_rows": 2_000}
 
 
@@ -313,6 +319,43 @@ def describe(run: Run) -> str:
     )
 
 
+def matched_run(setup: Setup, peer: Run, dtype: Any, label: str) -> Run | None:
+    """Ours trained on more tokens (the same schedule shape, stretched) until its held-out FVU
+    is at or below the peer's on both models, without any tolerance: the time ours needs to
+    reach the peer's quality. None when no budget in ``MATCH_FACTORS`` gets there."""
+    for factor in MATCH_FACTORS:
+        config = replace(setup.config, max_tokens=round(setup.tokens * factor), epochs=None)
+        run = train_ours(replace(setup, config=config), dtype, f"{label}, {factor}x tokens")
+        if all(run.metrics[f"fvu_{s}"] <= peer.metrics[f"fvu_{s}"] for s in ("pt", "ft")):
+            run.metrics["token_factor"] = factor
+            return run
+    return None
+
+
+def setup_for(setup: Setup, run: Run) -> Setup:
+    """``setup`` with the token budget ``run`` trained on (a matched run's longer one)."""
+    factor = run.metrics.get("token_factor", 1.0)
+    return replace(setup, config=replace(setup.config, max_tokens=round(setup.tokens * factor)))
+
+
+def matched_figure(setup: Setup, ours: Run, matched: Run | None, peer: Run, judged: bool) -> Figure:
+    """The peer's tokens per second of ours' wall time to reach the peer's FVU, over the peer's
+    own tokens/s: throughput at equal or lower FVU, when ours needs more tokens to get there."""
+    name = f"crosscoder: ours {ours.precision} to the peer's FVU / peer tokens/s"
+    if matched is None:
+        note = f"ours did not reach the peer's FVU within {MATCH_FACTORS[-1]}x its tokens"
+        return Figure(name, [], "x", ">= 1.0", False if judged else None, note)
+    ratios = [p / o for o, p in zip(matched.walls, peer.walls, strict=True)]
+    m, factor = matched.metrics, matched.metrics["token_factor"]
+    note = (
+        f"ours on {factor}x the tokens ({round(setup.tokens * factor)}): FVU PT {m['fvu_pt']:.4f} "
+        f"FT {m['fvu_ft']:.4f} vs the peer's {peer.metrics['fvu_pt']:.4f} / "
+        f"{peer.metrics['fvu_ft']:.4f}, L0 {m['l0']:.1f}; wall {spread(matched.walls)} s vs "
+        f"{spread(peer.walls)} s"
+    )
+    return Figure(name, ratios, "x", ">= 1.0", judge(ratios, ">=", 1.0, judged=judged), note)
+
+
 # --------------------------------------------------------------------------------------------
 # Figures
 
@@ -445,8 +488,17 @@ def main(argv: list[str] | None = None) -> None:
     reads = read_seconds(setup)
 
     *ours, peer = runs
+    matched = [matched_run(setup, peer, run.dtype, run.precision) for run in ours]
+    for run in filter(None, matched):
+        print(f"  {describe(run)}", flush=True)
+        for _ in range(args.repeats - 1):
+            retime(run, setup_for(setup, run))
     figures = [run_figure(r, setup.tokens, reads) for r in runs]
     figures += [ratio_figure(run, peer, judged=not args.quick) for run in ours]
+    figures += [
+        matched_figure(setup, run, match, peer, judged=not args.quick)
+        for run, match in zip(ours, matched, strict=True)
+    ]
     figures.append(Figure("crosscoder: peak RSS (process)", [peak_rss_gb()], "GB"))
     report(
         title,
