@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import streamlit as st
 
-from layerwise.app.catalog import Catalog, RunKey
+from layerwise.app.catalog import Catalog, ExplorerError, RunKey
 
 COLOUR = (214, 39, 40)
 """Token highlight colour (RGB); its opacity is the activation over the row's maximum."""
@@ -58,12 +58,13 @@ def pick_buttons(
 
 
 def parse_feature(text: str) -> int | None:
-    """A typed feature id: None when blank, an int otherwise; anything else is an error."""
+    """A typed feature or latent id: None when blank, an int otherwise; anything else is an
+    :class:`ExplorerError` (the page shows its one line)."""
     text = str(text).strip()
     if not text:
         return None
     if not text.isdigit():
-        raise ValueError(f"feature id {text!r} is not a whole number >= 0")
+        raise ExplorerError(f"feature id {text!r} is not a whole number >= 0")
     return int(text)
 
 

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from layerwise.app import widgets as W
-from layerwise.app.catalog import ExplorerError, RunKey
+from layerwise.app.catalog import RunKey
 from layerwise.app.crosscoders import (
     CLASS_NAMES,
     SORTS,
@@ -45,10 +45,7 @@ def render(ws: Workspace, key: RunKey) -> None:
     _layer_view(diff)
     _stage_picks(ws, key, layer)
     latent_text = W.text_box("Latent id", "latent", placeholder="e.g. 0")
-    try:
-        latent = W.parse_feature(latent_text)
-    except ValueError as exc:
-        raise ExplorerError(str(exc)) from exc
+    latent = W.parse_feature(latent_text)
     if latent is None:
         st.info("Type a latent id, or open one from the list above.")
         return

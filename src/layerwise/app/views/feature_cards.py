@@ -31,10 +31,7 @@ def render(ws: Workspace, key: RunKey) -> None:
     _stage_picks(ws, key, unit)
     if word.strip():
         _token_search(ws, key, unit, word)
-    try:
-        feature = W.parse_feature(feature_text)
-    except ValueError as exc:
-        raise ExplorerError(str(exc)) from exc
+    feature = W.parse_feature(feature_text)
     if feature is None:
         st.info("Type a feature id, or search by token above.")
         return

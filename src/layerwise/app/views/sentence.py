@@ -34,10 +34,7 @@ def render(ws: Workspace, key: RunKey) -> None:
     unit = unit_name(which.lower(), int(layer))
     if unit not in outputs.sae_units:
         raise ExplorerError(f"{key.label} has no SAE {unit}; it has {', '.join(outputs.sae_units)}")
-    try:
-        feature = W.parse_feature(feature_text)
-    except ValueError as exc:
-        raise ExplorerError(str(exc)) from exc
+    feature = W.parse_feature(feature_text)
     if not text.strip():
         st.info(f"Type a sentence above, e.g. “{EXAMPLE}”")
         return
