@@ -392,8 +392,8 @@ def _norm_panel(
     for x in thresholds:
         ax.axvline(x, **THRESHOLD_STYLE)
     ax.set_yscale("log")
-    # Headroom above the shared bump for the FT-only numbers.
-    ax.set_ylim(0.3 / max(pooled.sum(), 1.0), min(12 * max(float(share.max()), 1e-3), 1.0))
+    # Headroom above the tallest bar for the FT-only numbers (shares above 100% get no label).
+    ax.set_ylim(0.3 / max(pooled.sum(), 1.0), 12 * max(float(share.max()), 1e-3))
     ax.yaxis.set_major_formatter(FuncFormatter(_percent))
     ax.set_xlim(0, 1)
     ft = rs.crosscoder_stat("ft_only_frac", layer).mean
@@ -410,8 +410,9 @@ def _norm_panel(
 
 
 def _percent(y: float, _pos: int) -> str:
-    """A log-axis share as a plain percentage (math text is off: texts may hold '$')."""
-    return f"{100 * y:.3g}%"
+    """A log-axis share as a plain percentage (math text is off: texts may hold '$'); none
+    above 100%, where the axis only makes room for text."""
+    return "" if y > 1.0 + 1e-9 else f"{100 * y:.3g}%"
 
 
 def crosscoder_norms(inputs: PaperInputs) -> Figure:
