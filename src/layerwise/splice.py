@@ -32,12 +32,16 @@ import torch
 
 from layerwise.activations import iterate_batches, tokenize_texts
 from layerwise.architectures import hidden_state_module
+from layerwise.models import autocast_dtype, load_classifier, load_tokenizer
 from layerwise.schema import SAE_SPLICE_KEYS
 from layerwise.similarity.intervals import check_confidence
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from torch import Tensor
 
+    from layerwise.config import FinetuneParams
     from layerwise.sae.model import SparseAutoencoder
 
 Replace = Callable[["Tensor"], "Tensor"]
@@ -210,6 +214,46 @@ def clean_pass(
 def mean_hidden_state(model: Any, val: ValTexts, layer: int) -> Tensor:
     """One layer's mean, as :func:`clean_pass` takes it (``model`` must return logits)."""
     return clean_pass(model, val, [layer])[1][layer]
+
+
+@dataclass(frozen=True)
+class CleanRun:
+    """The fine-tuned classifier on the val texts, tokenized and scored as the fine-tune stage
+    scores them (its ``max_length``, eval batch size and autocast), with every spliced layer's
+    mean: the reference points every replacement of a layer is compared with."""
+
+    classifier: Any
+    val: ValTexts
+    dtype: torch.dtype | None
+    scores: TextScores
+    means: dict[int, Tensor]
+
+    @classmethod
+    def load(
+        cls, ft_dir: Path, split: Any, finetune: FinetuneParams, layers: list[int], device: Any
+    ) -> CleanRun:
+        """Load the classifier saved in ``ft_dir``, tokenize ``split`` (a val split with
+        ``text`` and ``label``) and take the one clean pass."""
+        classifier = load_classifier(str(ft_dir)).to(device).eval()
+        val = ValTexts.tokenize(
+            load_tokenizer(str(ft_dir)),
+            list(split["text"]),
+            np.asarray(split["label"]),
+            max_length=finetune.max_length,
+            batch_size=finetune.eval_batch_size,
+            device=device,
+        )
+        dtype = autocast_dtype(finetune.precision, device)
+        scores, means = clean_pass(classifier, val, layers, dtype)
+        return cls(classifier, val, dtype, scores, means)
+
+    def scores_with(self, layer: int, make_replace: MakeReplace) -> TextScores:
+        """The classifier's scores with ``hidden_states[layer]`` replaced."""
+        return text_scores(self.classifier, self.val, layer, make_replace, self.dtype)
+
+    def ablated(self, layer: int) -> TextScores:
+        """The scores with the layer mean-ablated (every token set to the layer's val mean)."""
+        return self.scores_with(layer, per_batch(constant_replace(self.means[layer])))
 
 
 def record_states(

@@ -28,7 +28,6 @@ from layerwise.features import text_feature_matrix
 from layerwise.models import (
     autocast_dtype,
     check_layers,
-    load_classifier,
     load_config,
     load_encoder,
     load_tokenizer,
@@ -299,30 +298,23 @@ def splice_layers(
     (with the bootstrap CIs) for the JSON."""
     p = args.params
     val_split = load_splits(Paths(args.root).prepared(args.task))["val"]
-    classifier = load_classifier(str(ft_dir)).to(device).eval()
-    val = splice.ValTexts.tokenize(
-        load_tokenizer(str(ft_dir)),
-        list(val_split["text"]),
-        np.asarray(val_split["label"]),
-        max_length=p.finetune.max_length,
-        batch_size=p.finetune.eval_batch_size,
-        device=device,
-    )
-    layers, dtype = [r.layer for r in results], autocast_dtype(p.finetune.precision, device)
-    clean, means = splice.clean_pass(classifier, val, layers, dtype)
+    layers = [r.layer for r in results]
+    base = splice.CleanRun.load(ft_dir, val_split, p.finetune, layers, device)
     pt_encoder = load_encoder(p.model(args.model).source).to(device).eval()
-    pt_states = splice.record_states(pt_encoder, val, layers, dtype)
+    pt_states = splice.record_states(pt_encoder, base.val, layers, base.dtype)
     del pt_encoder
-    out: dict[str, Any] = {"ft_accuracy_clean": clean.accuracy, "layers": {}}
+    out: dict[str, Any] = {"ft_accuracy_clean": base.scores.accuracy, "layers": {}}
     for r in results:
-        ablate = splice.per_batch(splice.constant_replace(means[r.layer]))
-        ablated = splice.text_scores(classifier, val, r.layer, ablate, dtype)
         cc = r.crosscoder.to(device)
-        replace = crosscoder_replace(cc, pt_states, r.layer)
-        spliced = splice.text_scores(classifier, val, r.layer, replace, dtype)
+        spliced = base.scores_with(r.layer, crosscoder_replace(cc, pt_states, r.layer))
         r.crosscoder = cc.cpu()
         m = splice.splice_metrics(
-            clean, spliced, ablated, p.compare.n_boot, args.seed, p.compare.confidence
+            base.scores,
+            spliced,
+            base.ablated(r.layer),
+            p.compare.n_boot,
+            args.seed,
+            p.compare.confidence,
         )
         r.row["ft_recovered_accuracy"] = m["ft_recovered_accuracy"]
         out["layers"][str(r.layer)] = m

@@ -15,18 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from layerwise import io, splice
 from layerwise.activations import ActivationStore
 from layerwise.cli import StageArgs, prefixed, stage_run
-from layerwise.config import ConfigError, Params, SAEParams, section_dict
+from layerwise.config import CompareParams, ConfigError, SAEParams, section_dict
 from layerwise.data import load_splits
 from layerwise.models import (
     autocast_dtype,
     check_layers,
     check_max_length,
-    load_classifier,
     load_config,
     load_tokenizer,
     pick_device,
@@ -187,26 +185,15 @@ def train_and_evaluate(
 
 
 def splice_unit(
-    classifier: Any,
-    val: splice.ValTexts,
-    layer: int,
-    sae: SparseAutoencoder,
-    clean: splice.TextScores,
-    mean: torch.Tensor,
-    p: Params,
-    seed: int,
+    base: splice.CleanRun, layer: int, sae: SparseAutoencoder, compare: CompareParams, seed: int
 ) -> dict[str, float]:
     """``schema.SAE_SPLICE_KEYS`` of one FT layer: the classifier with the layer replaced by
-    its SAE reconstruction, against mean-ablating the layer (``mean``: its mean over val
-    tokens), scored under the fine-tune stage's autocast."""
-    dtype = autocast_dtype(p.finetune.precision, val.device)
-    ablate = splice.per_batch(splice.constant_replace(mean))
-    ablated = splice.text_scores(classifier, val, layer, ablate, dtype)
-    spliced = splice.text_scores(
-        classifier, val, layer, splice.per_batch(splice.sae_replace(sae)), dtype
+    its SAE reconstruction, against mean-ablating the layer, scored as the fine-tune stage
+    scores val."""
+    spliced = base.scores_with(layer, splice.per_batch(splice.sae_replace(sae)))
+    return splice.splice_metrics(
+        base.scores, spliced, base.ablated(layer), compare.n_boot, seed, compare.confidence
     )
-    c = p.compare
-    return splice.splice_metrics(clean, spliced, ablated, c.n_boot, seed, c.confidence)
 
 
 def accuracy_metrics(
@@ -216,26 +203,16 @@ def accuracy_metrics(
     every ``schema.SAE_SPLICE_KEYS`` key (NaN for mean-pooled SAEs, which never saw a single
     token's state)."""
     p = args.params
-    splits = load_splits(Paths(args.root).prepared(args.task))
-    classifier = load_classifier(str(ft_dir)).to(device).eval()
-    val = splice.ValTexts.tokenize(
-        load_tokenizer(str(ft_dir)),
-        list(splits["val"]["text"]),
-        np.asarray(splits["val"]["label"]),
-        max_length=p.finetune.max_length,
-        batch_size=p.finetune.eval_batch_size,
-        device=device,
-    )
+    val_split = load_splits(Paths(args.root).prepared(args.task))["val"]
     layers = p.model(args.model).layers
-    dtype = autocast_dtype(p.finetune.precision, device)
-    clean, means = splice.clean_pass(classifier, val, layers, dtype)
-    metrics = {"ft/accuracy_clean": clean.accuracy}
+    base = splice.CleanRun.load(ft_dir, val_split, p.finetune, layers, device)
+    metrics = {"ft/accuracy_clean": base.scores.accuracy}
     for layer in layers:
         name = unit_name("ft", layer)
         unit = (
-            splice_unit(classifier, val, layer, saes[name], clean, means[layer], p, args.seed)
+            splice_unit(base, layer, saes[name], p.compare, args.seed)
             if p.sae.pooling == "token"
-            else splice.nan_splice_metrics(clean)
+            else splice.nan_splice_metrics(base.scores)
         )
         metrics.update({f"{name}/{k}": v for k, v in unit.items()})
     return metrics
