@@ -116,7 +116,11 @@ def test_typing_a_sentence_colours_its_tokens_in_chromium(server: str, tmp_path:
         box.press("Enter")
         heading = page.get_by_text("ft_L1 · feature", exact=False).first
         heading.wait_for(timeout=90_000)
-        spans = page.locator("span[title]").all_inner_texts()
+        # The heading and the token strip are separate elements, drawn in either order: wait
+        # for the strip's last token before reading it.
+        tokens = page.locator("span[title]")
+        tokens.filter(has_text="[SEP]").first.wait_for(timeout=90_000)
+        spans = tokens.all_inner_texts()
         screenshot = os.environ.get("EXPLORER_SCREENSHOT")
         if screenshot:
             page.wait_for_timeout(1500)  # let the charts draw
