@@ -158,6 +158,8 @@ BAD_VALUES = [
     ("zero-batch-size", ("finetune", "batch_size"), 0, ["finetune.batch_size", "=0"]),
     ("negative-sae-batch-size", ("sae", "batch_size"), -64, ["sae.batch_size", "-64"]),
     ("literal-choice", ("sae", "sparsity"), "l2", ["sae.sparsity", "'l2'", "'topk'"]),
+    ("zero-l0-target", ("sae", "l0_target"), 0, ["sae.l0_target", "0"]),
+    ("untunable-l1", ("sae", "l1_coefficient"), 0, ["sae.l1_coefficient=0", "sae.l0_target"]),
     ("unknown-stats-model", ("data", "stats_model"), "nope", ["data.stats_model", "'nope'"]),
     ("confidence-one", ("compare", "confidence"), 1.0, ["compare.confidence", "1.0"]),
     ("probe-c-zero", ("compare", "probe_c_grid"), [0.0, 1.0], ["compare.probe_c_grid", "> 0"]),

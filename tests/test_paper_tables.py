@@ -48,3 +48,16 @@ def test_seed_interval_columns(tmp_path: Path) -> None:
     one = tables.Table("t", "c", columns, [{"cos": Stat.of([0.5]), "cos_lo": 0.4, "cos_hi": 0.6}])
     assert "| 0.50; text [0.40, 0.60] |" in one.to_markdown()
     assert one.to_csv().splitlines()[1] == "0.5,,,0.4,0.6"
+
+
+def test_overlap_caption_says_whether_sparsity_was_matched() -> None:
+    """The overlap caption follows the sae params: TopK and a tuned L1 are matched, one fixed
+    L1 coefficient is not (and says where to look instead)."""
+    from layerwise.config import SAEParams
+
+    assert "k = 16, so sparsity is matched" in tables._sparsity_note(
+        SAEParams(sparsity="topk", k=16)
+    )
+    assert "L0 = 40 (sae.l0_target)" in tables._sparsity_note(SAEParams(l0_target=40.0))
+    fixed = tables._sparsity_note(SAEParams(l0_target=None))
+    assert "not at matched sparsity" in fixed and "crosscoders" in fixed

@@ -115,6 +115,7 @@ def test_stage_end_to_end(
         {f"{u}/{k}" for u in UNITS for k in SAE_METRIC_KEYS}
         | {"ft/accuracy_clean"}
         | {f"ft_L{layer}/{k}" for layer in LAYERS for k in SAE_SPLICE_KEYS}
+        | {f"{u}/l1_coefficient" for u in UNITS}  # L1 SAEs: the coefficient each ended at
     )
     check_splice_metrics(written)
     with paths.sae_curve(*KEY).open() as fh:
@@ -143,6 +144,7 @@ def test_stage_end_to_end(
         }
         assert cfg["eval"] == {k: written[f"{unit}/{k}"] for k in SAE_METRIC_KEYS}
         assert cfg["params"]["learning_rate"] == params.sae.learning_rate
+        assert cfg["l1_coefficient"] == written[f"{unit}/l1_coefficient"]
         text = (folder / "cfg.json").read_text()
         for provenance in ("commit", "git", "date", "host", "time"):
             assert provenance not in text.lower(), provenance

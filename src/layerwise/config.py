@@ -355,7 +355,12 @@ class SAEParams:
     l1_coefficient: float = 1.5
     """L1 weight on the per-token sum of feature activations, in scaled space (activations
     scaled to mean norm sqrt(d)). The paper's ``1e-3 * mean|z|`` on unscaled data corresponds to
-    about ``1e-3 * d / F * scale``."""
+    about ``1e-3 * d / F * scale``. With ``l0_target`` set, the value each SAE starts from."""
+    l0_target: float | None = 48.0
+    """``l1`` only: tune each SAE's L1 coefficient during training to end at this L0 (active
+    features per token), so PT and FT dictionaries are compared at matched sparsity; one fixed
+    coefficient leaves them far apart (a fine-tuned late layer much sparser than its PT twin).
+    Null: every SAE keeps ``l1_coefficient`` (the paper's way)."""
     k: int = 64
     """Active features per token for ``topk``."""
     learning_rate: float = 2e-3
@@ -387,6 +392,13 @@ class SAEParams:
             if getattr(self, name) is not None:
                 _positive(prefix, name, getattr(self, name))
         _non_negative(prefix, "l1_coefficient", self.l1_coefficient)
+        if self.l0_target is not None:
+            _positive(prefix, "l0_target", self.l0_target)
+            if self.sparsity == "l1" and self.l1_coefficient == 0:
+                raise ConfigError(
+                    f"{prefix}.l1_coefficient=0 cannot be tuned to {prefix}.l0_target="
+                    f"{self.l0_target} (it only scales): start from a positive coefficient"
+                )
         _non_negative(prefix, "warmup_steps", self.warmup_steps)
         _fraction(prefix, "lr_decay_ratio", self.lr_decay_ratio, open_right=True)
         if self.k <= 0:

@@ -125,8 +125,8 @@ SAE_BASELINE_COLUMNS = (
     "l0_ft",
 )
 """sae_baseline.csv: one row per (SAE layer, seed). Symmetric MMCS (mean of both directions'
-mean max |cos| over alive decoder rows) of that seed's PT vs FT SAEs, of its PT SAE vs the PT
-SAE of ``other_seed`` (the seed baseline: same PT model and train split, another SAE seed and
+mean max signed cosine over alive decoder rows) of that seed's PT vs FT SAEs, of its PT SAE vs
+the PT SAE of ``other_seed`` (the seed baseline: same PT model and train split, another SAE seed and
 token sample), likewise FT vs FT, and of random directions of the same counts (the floor);
 ``overlap_rel = (mmcs_pt_ft - floor) / (mmcs_pt_pt - floor)`` (NaN with one seed)."""
 
@@ -154,7 +154,8 @@ CROSSCODER_LAYER_COLUMNS = (
 """crosscoder.csv: one row per SAE layer. Class fractions are over alive latents (latents that
 fire on the analysis split), by relative FT decoder norm; an FT-only (PT-only) latent flagged by
 Latent Scaling counts as shared and is counted in ``ft_only_artefact_frac``. Selectivity: mean
-split-half label selectivity of the class's alive latents; null: the same under label
+label selectivity of the class's alive latents over all analysis texts (latents are classed by
+decoder norms, never by selectivity, so no split is needed); null: the same under label
 permutations; excess = value - null (NaN when a class is empty). ``ft_recovered_accuracy``:
 share of the FT classifier's val accuracy recovered by splicing the FT reconstruction, relative
 to mean-ablating the layer."""

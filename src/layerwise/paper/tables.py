@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from layerwise.config import SAEParams
 from layerwise.paper.claims import ClaimResult, reset_k
 from layerwise.paper.inputs import PaperInputs, RunSet, Stat
 from layerwise.paper.reference import (
@@ -434,6 +435,7 @@ def sae_metrics_table(inputs: PaperInputs) -> Table:
         Column("explained_variance", "expl. var."),
         Column("fvu", "FVU"),
         Column("l0", "L0", digits=1),
+        Column("l1_coefficient", "L1 coef.", digits=2),
         Column("dead_frac", "dead (%)", **pct),
         Column("dense_frac", "dense (%)", **pct),
         Column("cos_sim", "cos sim"),
@@ -456,7 +458,7 @@ def sae_metrics_table(inputs: PaperInputs) -> Table:
                         "layer": layer,
                         "which": which.upper(),
                     }
-                    for key in SAE_METRIC_KEYS:
+                    for key in (*SAE_METRIC_KEYS, "l1_coefficient"):
                         row[key] = rs.sae_stat(f"{unit}/{key}")
                     spliced = rs.sae_stat(f"{unit}/ft_accuracy_spliced")
                     clean = rs.sae_stat("ft/accuracy_clean")
@@ -467,7 +469,9 @@ def sae_metrics_table(inputs: PaperInputs) -> Table:
                     rows.append(row)
     caption = (
         "SAE quality on the analysis split: MSE, explained variance (summed over the set), FVU "
-        "= 1 - explained variance, L0 (mean active features per token), dead and dense feature "
+        "= 1 - explained variance, L0 (mean active features per token), the L1 coefficient the "
+        "SAE ended at (tuned per SAE to one L0 when sae.l0_target is set, so PT and FT are "
+        "compared at matched sparsity; blank for TopK), dead and dense feature "
         "fractions, cosine(x, x_hat); for FT SAEs also the fine-tuned classifier's validation "
         "accuracy with the layer replaced by its SAE reconstruction (spliced) vs unchanged "
         "(clean), and the share of accuracy splicing recovers relative to mean-ablating the "
@@ -701,6 +705,21 @@ def crosscoder_latents_table(inputs: PaperInputs) -> Table:
     return Table("crosscoder_latents", caption, columns, rows)
 
 
+def _sparsity_note(sae: SAEParams) -> str:
+    """Whether the PT and FT dictionaries were compared at matched sparsity, and how."""
+    if sae.sparsity == "topk":
+        return f"both sides are TopK SAEs with k = {sae.k}, so sparsity is matched."
+    if sae.l0_target is not None:
+        return (
+            f"each L1 SAE's coefficient was tuned during training to L0 = {sae.l0_target:g} "
+            "(sae.l0_target), so PT and FT are compared at matched sparsity."
+        )
+    return (
+        "the L1 SAEs share one coefficient and are not at matched sparsity, so read the "
+        "crosscoders (one shared k) for a like-for-like comparison."
+    )
+
+
 def dictionary_overlap_table(inputs: PaperInputs) -> Table:
     """Separate-SAE dictionary overlap (MMCS) PT vs FT per (model, task, SAE layer), beside the
     seed baseline (PT vs PT, FT vs FT from another seed) and the random-direction floor."""
@@ -737,8 +756,8 @@ def dictionary_overlap_table(inputs: PaperInputs) -> Table:
         "two seeds (different fine-tunes), and of random directions of the same counts (the "
         "floor). overlap_rel = (PT-FT - floor) / (PT-PT - floor): 1 = as alike as two seeds of "
         "the same model, 0 = chance; n/a with one seed. L0: mean active features per token; "
-        "the L1 SAEs are not at matched sparsity (late FT SAEs are sparser), so read the "
-        "crosscoders (one shared k) for a like-for-like comparison." + _seed_note(inputs)
+        + _sparsity_note(inputs.params.sae)
+        + _seed_note(inputs)
     )
     return Table("dictionary_overlap", caption, columns, rows)
 

@@ -150,6 +150,7 @@ def train_config(params: SAEParams, seed: int, device: Any) -> TrainConfig:
         device=device,
         progress=True,
         autocast_dtype=autocast_dtype(params.precision, device),
+        l0_target=params.l0_target if params.sparsity == "l1" else None,
     )
 
 
@@ -174,6 +175,8 @@ def train_and_evaluate(
     for name, sae in zip(names, saes, strict=True):
         m = evaluate_sae(sae, data_eval[name], batch_size=params.eval_batch_size, device=device)
         metrics.update({f"{name}/{key}": float(m[key]) for key in SAE_METRIC_KEYS})
+        if sae.cfg.sparsity == "l1":  # the coefficient it ended at (tuned with l0_target)
+            metrics[f"{name}/l1_coefficient"] = float(sae.cfg.l1_coefficient)
     for row in curve:
         row["store"] = names[int(row["sae"])]
     return SAERunResult(dict(zip(names, saes, strict=True)), metrics, curve)

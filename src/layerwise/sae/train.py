@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -165,6 +165,16 @@ class TrainConfig:
     """Run the forward pass under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``:
     the matmuls run in bf16 on CPUs with AMX or AVX512-BF16 and on GPUs; weights, optimizer state
     and the loss reduction stay float32). None: plain float32."""
+    l0_target: float | None = None
+    """L1 SAEs only: tune each SAE's L1 coefficient while it trains so that its L0 (active
+    features per token) ends near this. One coefficient leaves different activations at very
+    different L0 (a fine-tuned late layer sparser than its PT twin), which confounds any
+    comparison of their dictionaries; one L0 does not. The coefficient starts at the config's
+    value, moves multiplicatively after warmup and is frozen for the final lr decay, so each
+    SAE ends trained at the coefficient it is saved with. None: fixed coefficients."""
+    l0_gain: float = 0.03
+    """Per-step gain of that tuning on ``log(L0 / l0_target)`` (each step moves a coefficient
+    by at most 10%)."""
     log_every: int = 50
     """Steps between training-curve rows (the last step always logs); each row averages the
     metrics over the steps since the previous row."""
@@ -182,6 +192,11 @@ class TrainConfig:
             raise ValueError(f"grad_clip={self.grad_clip} must be > 0 (or None for no clipping)")
         if self.log_every < 1:
             raise ValueError(f"log_every={self.log_every} must be >= 1")
+        target = self.l0_target
+        if target is not None and not (math.isfinite(target) and target > 0):
+            raise ValueError(f"l0_target={self.l0_target} must be finite and > 0 (or None)")
+        if not (math.isfinite(self.l0_gain) and self.l0_gain > 0):
+            raise ValueError(f"l0_gain={self.l0_gain} must be finite and > 0")
 
     def _check_length(self) -> None:
         epochs, max_tokens = self.epochs, self.max_tokens
@@ -291,12 +306,26 @@ class _SAEStack(nn.Module):
             g.mul_(coef_S.view(-1, *([1] * (g.ndim - 1))))
 
     @torch.no_grad()
-    def to_saes(self) -> list[SparseAutoencoder]:
+    def tune_l1(self, l0_S: torch.Tensor, target: float, gain: float) -> None:
+        """One multiplicative step of each L1 coefficient toward L0 = ``target``: up when the
+        batch's L0 is above it, down when below, by at most 10%."""
+        if self.sparsity != "l1":
+            return
+        log_err_S = l0_S.float().clamp_min(0.1).log() - math.log(target)
+        self.l1_S.mul_((gain * log_err_S).clamp(-0.1, 0.1).exp())
+
+    @torch.no_grad()
+    def to_saes(self, tuned_l1: bool = False) -> list[SparseAutoencoder]:
+        """The trained SAEs; with ``tuned_l1`` each config carries the coefficient it ended at."""
+        cfgs = [
+            replace(cfg, l1_coefficient=float(self.l1_S[j])) if tuned_l1 else cfg
+            for j, cfg in enumerate(self.cfgs)
+        ]
         return [
             SparseAutoencoder.from_weights(
                 cfg, self.W_enc[j], self.b_enc[j, 0], self.W_dec[j], self.b_dec[j, 0]
             ).to(self.W_enc.device)
-            for j, cfg in enumerate(self.cfgs)
+            for j, cfg in enumerate(cfgs)
         ]
 
 
@@ -479,7 +508,7 @@ class SAETrainer:
         with bar:
             for step, idx_B in enumerate(batches):
                 lr = self._set_lr(step)
-                self._train_step(idx_B)
+                self._train_step(idx_B, tune=self._tunes(step))
                 bar.update(1)
                 if self._window_steps == cfg.log_every or step + 1 == self.total_steps:
                     rows = self._log(step + 1, lr)
@@ -502,8 +531,15 @@ class SAETrainer:
             self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
         )
 
-    def _train_step(self, idx_B: np.ndarray) -> None:
-        """One optimiser step of every SAE on rows ``idx_B``; adds their metrics to the window."""
+    def _tunes(self, step: int) -> bool:
+        """Whether the L1 coefficients move after ``step``: between warmup and the final decay."""
+        if self.config.l0_target is None:
+            return False
+        return self.warmup <= step < self.total_steps - self.decay
+
+    def _train_step(self, idx_B: np.ndarray, tune: bool = False) -> None:
+        """One optimiser step of every SAE on rows ``idx_B``; adds their metrics to the window
+        and, with ``tune``, moves the L1 coefficients toward the target L0."""
         rows = [read_rows(ds, idx_B) for ds in self.datasets]
         self.optimizer.zero_grad(set_to_none=True)
         for gi, (group, sae_stack) in enumerate(zip(self.members, self.stacks, strict=True)):
@@ -515,6 +551,8 @@ class SAETrainer:
                 loss_S, metrics = sae_stack(x_SBD.to(self.device, non_blocking=True))
             loss_S.float().sum().backward()
             self._window[gi] += metrics
+            if tune:
+                sae_stack.tune_l1(metrics[3], self.config.l0_target, self.config.l0_gain)
             remove_parallel_grad(sae_stack.W_dec)
             if self.config.grad_clip is not None:
                 sae_stack.clip_grad_norm_(self.config.grad_clip)
@@ -553,6 +591,7 @@ class SAETrainer:
     def _trained_saes(self) -> list[SparseAutoencoder]:
         saes: list[SparseAutoencoder | None] = [None] * len(self.cfgs)
         for group, sae_stack in zip(self.members, self.stacks, strict=True):
-            for i, sae in zip(group, sae_stack.to_saes(), strict=True):
+            tuned = self.config.l0_target is not None
+            for i, sae in zip(group, sae_stack.to_saes(tuned_l1=tuned), strict=True):
                 saes[i] = sae.eval()
         return saes  # type: ignore[return-value]
