@@ -98,6 +98,7 @@ def test_train_validates_datasets_before_training():
         ({"log_every": 0}, "log_every=0 must be >= 1"),
         ({"l0_target": 0.0}, r"l0_target=0.0 must be finite and > 0 \(or None\)"),
         ({"l0_gain": -1.0}, "l0_gain=-1.0 must be finite and > 0"),
+        ({"l0_max_step": 1.0}, r"l0_max_step=1.0 must be in \(0, 1\)"),
     ],
 )
 def test_train_config_names_the_bad_setting(kwargs, message):
@@ -226,12 +227,12 @@ def test_trained_saes_learn_synthetic_sparse_features():
 
 def test_l0_target_tunes_each_l1_coefficient_to_one_sparsity():
     """Two SAEs on the same tokens that a fixed coefficient leaves at very different L0 (one
-    starts 30x the other's) end near one L0 when tuned, each saved with the coefficient it
+    starts 10x the other's) end near one L0 when tuned, each saved with the coefficient it
     ended at; the TopK SAE beside them is left alone."""
     x, _ = _synthetic_sparse()
     s = estimate_scale_factor(x)
     cfgs = [
-        SAEConfig(d_in=32, d_sae=128, l1_coefficient=0.1, scale_factor=s),
+        SAEConfig(d_in=32, d_sae=128, l1_coefficient=0.3, scale_factor=s),
         SAEConfig(d_in=32, d_sae=128, l1_coefficient=3.0, scale_factor=s),
         SAEConfig(d_in=32, d_sae=128, sparsity="topk", k=8, scale_factor=s),
     ]
@@ -243,9 +244,9 @@ def test_l0_target_tunes_each_l1_coefficient_to_one_sparsity():
     assert l0_fixed[0] > 2 * l0_fixed[1], l0_fixed  # the confound the tuning removes
     assert all(abs(l0 - 12.0) < 3.0 for l0 in l0_tuned), l0_tuned
     assert abs(l0_tuned[0] - l0_tuned[1]) < 1.0, l0_tuned
-    assert [sae.cfg.l1_coefficient for sae in fixed[:2]] == [0.1, 3.0]
+    assert [sae.cfg.l1_coefficient for sae in fixed[:2]] == [0.3, 3.0]
     lam = [sae.cfg.l1_coefficient for sae in tuned[:2]]
-    assert lam[0] > 0.1 and lam[1] < 3.0 and lam[1] / lam[0] < 3, lam
+    assert lam[0] > 0.3 and lam[1] < 3.0 and lam[1] / lam[0] < 3, lam
     assert tuned[2].cfg == cfgs[2]
     assert evaluate_sae(tuned[2], x)["l0"] <= 8
 
