@@ -14,24 +14,42 @@ from layerwise.app.catalog import (
     ExplorerError,
     RunKey,
     other_unit,
+    parse_run,
     scan,
     unit_sort_key,
 )
 from layerwise.paths import Paths
 
+CONTROL = RunKey(KEY.model, KEY.task, "shuffled")
+
 
 def test_catalog_lists_the_run_and_every_output(app_tree: AppTree) -> None:  # noqa: F811
     catalog = scan(app_tree.root)
-    assert not catalog.empty and catalog.keys == [KEY]
+    assert not catalog.empty and catalog.keys == [KEY, CONTROL]
     run = catalog.run(KEY)
     assert run.missing("prepare", "finetune", "compare", "sae", "features") == []
     assert run.sae_units == ("pt_L1", "ft_L1", "pt_L2", "ft_L2")
     assert run.sae_layers == [1, 2]
     assert run.crosscoder_layers == (1, 2) and run.missing("crosscoder") == []
     assert catalog.models() == [KEY.model]
-    assert catalog.tasks(KEY.model) == [KEY.task] and catalog.seeds(KEY.model, KEY.task) == [0]
+    assert catalog.tasks(KEY.model) == [KEY.task]
+    assert catalog.seeds(KEY.model, KEY.task) == [0, "shuffled"]
     assert {p.name for p in catalog.tables} >= {"claims.csv", "layer_similarity.csv"}
     assert any(p.name.startswith("layerwise_similarity") for p in catalog.figures)
+
+
+def test_the_control_run_is_listed_with_its_crosscoders_and_no_saes(
+    app_tree: AppTree,  # noqa: F811
+) -> None:
+    """The shuffled-label fine-tune has a model, a store and crosscoders but (by design) no
+    SAEs: asking for them says so instead of naming a stage that does not exist."""
+    run = scan(app_tree.root).run(CONTROL)
+    assert run.finetuned and run.store and run.similarity
+    assert run.crosscoder_layers == (1, 2) and run.missing("crosscoder") == []
+    assert run.sae_units == () and run.missing("sae", "features") == ["sae", "features"]
+    hint = run.hint(["sae"])
+    assert "shuffled-label control" in hint and "seeds only" in hint and "sae@" not in hint
+    assert "compare_shuffled@m-t" in RunKey("m", "t", "shuffled").stage("compare")
 
 
 def test_empty_root_says_nothing_was_produced_and_names_make_reproduce(tmp_path: Path) -> None:
@@ -69,6 +87,14 @@ def test_partial_tree_lists_the_run_and_names_the_missing_stages(
 def test_run_keys_and_units_round_trip() -> None:
     key = RunKey("minilm-l6", "sentiment", 2)
     assert key.param == "minilm-l6/sentiment/2" and key.item == "minilm-l6-sentiment-2"
+    assert key.stage("sae") == "sae@minilm-l6-sentiment-2" and key.control is None
+    control = RunKey("minilm-l6", "sentiment", parse_run("shuffled"))
+    assert control.control == "shuffled" and control.item == "minilm-l6-sentiment"
+    assert control.stage("crosscoder") == "crosscoder_shuffled@minilm-l6-sentiment"
+    assert control.stage("prepare") == "prepare@sentiment"
+    assert "shuffled-label control" in control.label and parse_run("10") == 10
+    keys = [control, RunKey("minilm-l6", "sentiment", 10), key]
+    assert sorted(keys, key=lambda k: k.order) == [key, keys[1], control]
     assert other_unit("pt_L4") == "ft_L4" and other_unit("ft_L4") == "pt_L4"
     units = sorted(["ft_L6", "pt_L6", "ft_L2", "pt_L2"], key=unit_sort_key)
     assert units == ["pt_L2", "ft_L2", "pt_L6", "ft_L6"]

@@ -41,13 +41,17 @@ def at(app_tree: AppTree) -> AppTest:  # noqa: F811
 def test_overview_and_menus_list_what_exists(at: AppTest) -> None:
     assert not at.exception
     runs = at.dataframe[0].value
-    assert runs[["model", "task", "seed"]].values.tolist() == [[KEY.model, KEY.task, 0]]
+    assert runs[["model", "task", "seed"]].values.tolist() == [
+        [KEY.model, KEY.task, "0"],
+        [KEY.model, KEY.task, "shuffled"],
+    ]
     stages = ["prepare", "finetune", "compare", "sae", "crosscoder", "features"]
     assert runs.loc[0, stages].tolist() == ["✓"] * 6 and runs.loc[0, "crosscoder layers"] == "1, 2"
+    assert runs.loc[1, stages].tolist() == ["✓", "✓", "✓", "—", "✓", "—"]
     _page(at, "Sentence")
     assert at.sidebar.selectbox(key="model").options == [KEY.model]
     assert at.sidebar.selectbox(key="task").options == [KEY.task]
-    assert at.sidebar.selectbox(key="seed").options == ["0"]
+    assert at.sidebar.selectbox(key="seed").options == ["0", "shuffled"]
     assert at.selectbox(key="layer").options == ["1", "2"]
 
 
@@ -133,6 +137,28 @@ def test_crosscoder_page_shows_r_histogram_latent_list_and_cards(at: AppTest) ->
     assert at.subheader[0].value == f"crosscoder L2 · latent {latent} of {n_latents}"
     assert {"relative norm r", "class", "|d_PT|", "|d_FT|"} <= {m.label for m in at.metric}
     at.text_input(key="latent").input("").run()
+
+
+def test_the_shuffled_control_browses_its_crosscoders_and_says_it_has_no_saes(
+    at: AppTest,
+) -> None:
+    """Seed menu -> ``shuffled``: the Crosscoders page lists the control's latents, the
+    Sentence page says SAEs run per seed only, the Results page names its own stages."""
+    _page(at, "Crosscoders")
+    at.sidebar.selectbox(key="seed").set_value("shuffled").run()
+    at.text_input(key="latent").input("").run()
+    assert not at.exception and not _warnings(at)
+    assert at.selectbox(key="cc_layer").options == ["1", "2"]
+    r = at.dataframe[0].value["r"]  # sorted by r, in whichever order the menu says
+    assert len(r) > 0 and (r.is_monotonic_decreasing or r.is_monotonic_increasing)
+    _page(at, "Sentence")
+    assert any("seeds only" in w for w in _warnings(at)), _warnings(at)
+    _page(at, "Results")
+    ids = next(m.value for m in at.markdown if m.value.startswith("- prepare: `"))
+    assert "- finetune: `" in ids and "- crosscoder: `" in ids and "- sae:" not in ids
+    assert "`n/a`" not in ids, ids  # MLflow names the control's runs <stage>@<m>-<t>-shuffled
+    at.sidebar.selectbox(key="seed").set_value("0").run()
+    assert not at.exception
 
 
 def test_results_page_shows_tables_claims_figures_and_run_ids(at: AppTest) -> None:

@@ -77,7 +77,7 @@ def encode_store(
     if store.n_texts != len(analysis.texts):
         raise ExplorerError(
             f"{key.label}: the activation store holds {store.n_texts} texts but the prepared "
-            f"analysis split has {len(analysis.texts)}: rerun `dvc repro compare@{key.item}`"
+            f"analysis split has {len(analysis.texts)}: rerun `dvc repro {key.stage('compare')}`"
         )
     chunks: list[object] = []
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerwise.errors import UserError
-from layerwise.paths import Paths
-from layerwise.schema import run_item, unit_name
+from layerwise.paths import Paths, Run
+from layerwise.schema import CONTROLS, run_item, stage_run_name, unit_name
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ UNIT = re.compile(r"(pt|ft)_L(\d+)")
 CROSSCODER_LAYER = re.compile(r"L(\d+)")
 """A crosscoder folder name under ``models/<model>/<task>/<run>/crosscoder``."""
 SEED_DIR = re.compile(r"s(\d+)")
+SEED_ONLY_STAGES = ("sae", "features")
+"""Stages the pipeline runs per seed but not for a control run."""
 RUN_GLOBS = (
     "models/*/*/s*",
     "results/*/*/s*",
@@ -36,7 +38,8 @@ RUN_GLOBS = (
     "metrics/sae/*/*/s*.json",
     "metrics/features/*/*/s*.json",
 )
-"""Where a (model, task, seed) run leaves a trace: ``<model>/<task>/s<seed>`` at the end."""
+"""Where a run leaves a trace: ``<model>/<task>/s<seed>`` (or the control's name, which the
+``s*`` patterns match too: ``shuffled``) at the end."""
 
 
 class ExplorerError(UserError):
@@ -44,27 +47,49 @@ class ExplorerError(UserError):
     and what to do, and the page shows it instead of a traceback."""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class RunKey:
-    """One (model, task, seed) run of the pipeline."""
+    """One (model, task, seed) run of the pipeline, or a control run of the task
+    (``seed="shuffled"``: the shuffled-label fine-tune, with its store and crosscoders)."""
 
     model: str
     task: str
-    seed: int
+    seed: Run
+
+    @property
+    def control(self) -> str | None:
+        """The control's name for a control run, else None."""
+        return self.seed if isinstance(self.seed, str) else None
 
     @property
     def label(self) -> str:
-        return f"{self.model} · {self.task} · seed {self.seed}"
+        which = f"{self.control}-label control" if self.control else f"seed {self.seed}"
+        return f"{self.model} · {self.task} · {which}"
 
     @property
     def item(self) -> str:
-        """The DVC matrix suffix (``compare@<item>``)."""
+        """The DVC matrix suffix (``compare@<item>``; a control's stages are ``<m>-<t>``)."""
+        if self.control:
+            return f"{self.model}-{self.task}"
         return run_item(self.model, self.task, self.seed)
+
+    def stage(self, stage: str) -> str:
+        """The DVC stage (and MLflow run) name of ``stage`` for this run."""
+        if stage == "prepare":
+            return f"prepare@{self.task}"
+        if self.control:
+            return f"{stage}_{self.control}@{self.item}"
+        return stage_run_name(stage, self.model, self.task, self.seed)
 
     @property
     def param(self) -> str:
         """``model/task/seed``, how messages name the run."""
         return f"{self.model}/{self.task}/{self.seed}"
+
+    @property
+    def order(self) -> tuple:
+        """Sort key: model, task, then seeds ascending before controls by name."""
+        return (self.model, self.task, self.control is not None, str(self.seed).zfill(9))
 
 
 def unit_sort_key(name: str) -> tuple[int, int]:
@@ -121,9 +146,13 @@ class RunOutputs:
 
     def hint(self, stages: list[str]) -> str:
         """What to run for the missing ``stages``: the DVC stage names, or the whole pipeline."""
-        names = [
-            f"prepare@{self.key.task}" if s == "prepare" else f"{s}@{self.key.item}" for s in stages
-        ]
+        seed_only = [s for s in stages if s in SEED_ONLY_STAGES]
+        if self.key.control and seed_only:
+            return (
+                f"{self.key.label}: the pipeline runs {', '.join(seed_only)} for the seeds only, "
+                "not for the control; pick a seed in the sidebar."
+            )
+        names = [self.key.stage(s) for s in stages]
         return (
             f"{self.key.label}: this needs the output of {', '.join(names)}, which is not "
             "there yet. Run `make reproduce` (or `dvc repro " + " ".join(names) + "`)."
@@ -189,14 +218,28 @@ class Catalog:
     def tasks(self, model: str) -> list[str]:
         return sorted({k.task for k in self.keys if k.model == model})
 
-    def seeds(self, model: str, task: str) -> list[int]:
-        return sorted({k.seed for k in self.keys if (k.model, k.task) == (model, task)})
+    def seeds(self, model: str, task: str) -> list[Run]:
+        """The seeds of (model, task) ascending, then its control runs."""
+        keys = sorted((k for k in self.keys if (k.model, k.task) == (model, task)), key=_order)
+        return [k.seed for k in keys]
+
+
+def _order(key: RunKey) -> tuple:
+    return key.order
+
+
+def parse_run(text: str) -> Run:
+    """A seed or control as a menu or URL writes it (``"2"``, ``"shuffled"``)."""
+    return int(text) if text.isdigit() else text
 
 
 def _key_of(rel: Path) -> RunKey | None:
     """The run a path under the root belongs to (its last three parts name it)."""
     *_, model, task, last = rel.parts
-    match = SEED_DIR.fullmatch(last.removesuffix(".json"))
+    name = last.removesuffix(".json")
+    if name in CONTROLS:
+        return RunKey(model, task, name)
+    match = SEED_DIR.fullmatch(name)
     return RunKey(model, task, int(match.group(1))) if match else None
 
 
@@ -205,7 +248,7 @@ def scan(root: str | Path) -> Catalog:
     root = Path(root)
     paths = Paths(root)
     keys = {key for pattern in RUN_GLOBS for p in root.glob(pattern) if (key := _key_of(p))}
-    runs = [run_outputs(paths, key) for key in sorted(keys)]
+    runs = [run_outputs(paths, key) for key in sorted(keys, key=_order)]
     runs = [r for r in runs if _has_any(r, paths)]
     figures = tuple(sorted((paths.paper() / "figures").glob("*.png")))
     tables = tuple(sorted((paths.paper() / "tables").glob("*.csv")))

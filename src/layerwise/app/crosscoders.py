@@ -55,6 +55,15 @@ def paired_acts(ws: Workspace, key: RunKey, layer: int) -> tuple[Any, Any]:
     return store.acts(unit_name("pt", layer)), store.acts(unit_name("ft", layer))
 
 
+def training_seed(ws: Workspace, key: RunKey) -> int:
+    """The seed the run's stages ran with: its own, or for a control run the first of
+    ``seeds`` (as ``layerwise.cli`` gives control stages)."""
+    if key.control is None:
+        return int(key.seed)
+    seeds = ws.params().get("seeds") or [0]
+    return int(seeds[0]) if isinstance(seeds, list) else 0
+
+
 def readout_params(ws: Workspace, key: RunKey, layer: int) -> CrosscoderParams:
     """The thresholds and Latent Scaling settings the layer's crosscoder was read out with.
 
@@ -152,7 +161,7 @@ def _build_layer_diff(ws: Workspace, key: RunKey, layer: int) -> LayerDiff:
         len(analysis.label_names),
         classes.alive,
         params.n_permutations,
-        key.seed,
+        training_seed(ws, key),
     )
     norm_classes = classify_latents(
         classes.relative, pt_only_below=params.pt_only_below, ft_only_above=params.ft_only_above

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import streamlit as st
 
-from layerwise.app.catalog import Catalog, ExplorerError, RunKey
+from layerwise.app.catalog import Catalog, ExplorerError, RunKey, parse_run
 
 COLOUR = (214, 39, 40)
 """Token highlight colour (RGB); its opacity is the activation over the row's maximum."""
@@ -36,12 +36,13 @@ def text_box(label: str, key: str, **kwargs) -> str:
 
 
 def run_picker(catalog: Catalog) -> RunKey:
-    """Model, task and seed menus (sidebar) over the runs that exist."""
+    """Model, task and seed menus (sidebar) over the runs that exist; the seed menu lists a
+    task's control runs (``shuffled``) after its seeds."""
     model = choose("Model", catalog.models(), "model", sidebar=True)
     task = choose("Task", catalog.tasks(model), "task", sidebar=True)
     seeds = [str(s) for s in catalog.seeds(model, task)]
     seed = choose("Seed", seeds, "seed", sidebar=True)
-    return RunKey(model, task, int(seed))
+    return RunKey(model, task, parse_run(seed))
 
 
 def pick_buttons(

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import streamlit as st
 
-from layerwise.app.catalog import REPRODUCE_HINT, Catalog
+from layerwise.app.catalog import REPRODUCE_HINT, SEED_ONLY_STAGES, Catalog, RunKey
 
 STAGE_COLUMNS = ("prepare", "finetune", "compare", "sae", "crosscoder", "features")
+
+
+def _stages(key: RunKey) -> list[str]:
+    """The stages the pipeline runs for ``key``: a control run has no SAEs or features."""
+    return [s for s in STAGE_COLUMNS if not (key.control and s in SEED_ONLY_STAGES)]
+
+
+def _mark(stage: str, key: RunKey, missing: set[str]) -> str:
+    if stage not in _stages(key):
+        return "—"
+    return "✗" if stage in missing else "✓"
 
 
 def render(catalog: Catalog) -> None:
@@ -16,9 +27,9 @@ def render(catalog: Catalog) -> None:
         return
     rows = []
     for run in catalog.runs:
-        row = {"model": run.key.model, "task": run.key.task, "seed": run.key.seed}
-        missing = set(run.missing(*STAGE_COLUMNS))
-        row.update({stage: "✗" if stage in missing else "✓" for stage in STAGE_COLUMNS})
+        row = {"model": run.key.model, "task": run.key.task, "seed": str(run.key.seed)}
+        missing = set(run.missing(*_stages(run.key)))
+        row.update({stage: _mark(stage, run.key, missing) for stage in STAGE_COLUMNS})
         row["SAE units"] = ", ".join(run.sae_units) or "—"
         row["crosscoder layers"] = ", ".join(map(str, run.crosscoder_layers)) or "—"
         rows.append(row)
@@ -26,12 +37,13 @@ def render(catalog: Catalog) -> None:
         st.dataframe(rows, hide_index=True)
     else:
         st.info("No (model, task, seed) run has outputs yet: run `make reproduce`.")
-    incomplete = [run for run in catalog.runs if run.missing(*STAGE_COLUMNS)]
+    incomplete = [run for run in catalog.runs if run.missing(*_stages(run.key))]
     if incomplete:
         st.caption(
             "✗: that stage's output is not here (a fresh clone keeps only the small results "
             "files in git). The sentence and feature views need finetune, compare, sae and "
-            "prepare; `make reproduce` (`dvc repro`) makes every missing output."
+            "prepare; `make reproduce` (`dvc repro`) makes every missing output. —: the "
+            "pipeline does not run that stage for a control run (seed `shuffled`)."
         )
     st.write(
         f"Paper: {len(catalog.figures)} figures, {len(catalog.tables)} tables"

@@ -38,18 +38,23 @@ def _cell(value: object) -> object:
 def _run_tables(ws: Workspace, key: RunKey) -> None:
     st.markdown(f"### {key.label}")
     ft = R.finetune_metrics(ws, key)
-    _table("Fine-tuning", [ft] if ft else None, f"finetune@{key.item}")
+    _table("Fine-tuning", [ft] if ft else None, key.stage("finetune"))
     sim = R.similarity_rows(ws, key)
-    _table("PT-vs-FT similarity per layer", sim, f"compare@{key.item}")
+    _table("PT-vs-FT similarity per layer", sim, key.stage("compare"))
     if sim:
         rows = [{k: float(v) for k, v in r.items() if v != ""} for r in sim]
         W.line_chart(rows, "layer", ["cosine", "cka"], "Similarity per layer (0 = embeddings)")
-    _table("SAE quality per unit", R.sae_rows(ws, key), f"sae@{key.item}")
-    _table("Feature statistics per SAE layer", R.feature_rows(ws, key), f"features@{key.item}")
+    if key.control is None:
+        _table("SAE quality per unit", R.sae_rows(ws, key), key.stage("sae"))
+        _table("Feature statistics per SAE layer", R.feature_rows(ws, key), key.stage("features"))
+    else:
+        st.caption(
+            "A control run has no SAEs or feature statistics: the pipeline runs them per seed."
+        )
     _table(
         "Crosscoder model diffing per layer",
         R.crosscoder_rows(ws, key),
-        f"crosscoder@{key.item}",
+        key.stage("crosscoder"),
     )
     maps = R.token_map_image(ws, key)
     if maps is not None:
