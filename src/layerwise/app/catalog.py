@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from layerwise.errors import UserError
@@ -73,8 +74,13 @@ class RunKey:
             return f"{self.model}-{self.task}"
         return run_item(self.model, self.task, self.seed)
 
+    def runs(self, stage: str) -> bool:
+        """Whether the pipeline runs ``stage`` for this run (a control has no SAEs or features)."""
+        return not (self.control and stage in SEED_ONLY_STAGES)
+
     def stage(self, stage: str) -> str:
-        """The DVC stage (and MLflow run) name of ``stage`` for this run."""
+        """The DVC stage name of ``stage`` for this run (for a seed also its MLflow run name;
+        MLflow names a control's runs ``<stage>@<model>-<task>-<control>``)."""
         if stage == "prepare":
             return f"prepare@{self.task}"
         if self.control:
@@ -146,8 +152,8 @@ class RunOutputs:
 
     def hint(self, stages: list[str]) -> str:
         """What to run for the missing ``stages``: the DVC stage names, or the whole pipeline."""
-        seed_only = [s for s in stages if s in SEED_ONLY_STAGES]
-        if self.key.control and seed_only:
+        seed_only = [s for s in stages if not self.key.runs(s)]
+        if seed_only:
             return (
                 f"{self.key.label}: the pipeline runs {', '.join(seed_only)} for the seeds only, "
                 "not for the control; pick a seed in the sidebar."
@@ -220,12 +226,8 @@ class Catalog:
 
     def seeds(self, model: str, task: str) -> list[Run]:
         """The seeds of (model, task) ascending, then its control runs."""
-        keys = sorted((k for k in self.keys if (k.model, k.task) == (model, task)), key=_order)
-        return [k.seed for k in keys]
-
-
-def _order(key: RunKey) -> tuple:
-    return key.order
+        keys = [k for k in self.keys if (k.model, k.task) == (model, task)]
+        return [k.seed for k in sorted(keys, key=attrgetter("order"))]
 
 
 def parse_run(text: str) -> Run:
@@ -248,7 +250,7 @@ def scan(root: str | Path) -> Catalog:
     root = Path(root)
     paths = Paths(root)
     keys = {key for pattern in RUN_GLOBS for p in root.glob(pattern) if (key := _key_of(p))}
-    runs = [run_outputs(paths, key) for key in sorted(keys, key=_order)]
+    runs = [run_outputs(paths, key) for key in sorted(keys, key=attrgetter("order"))]
     runs = [r for r in runs if _has_any(r, paths)]
     figures = tuple(sorted((paths.paper() / "figures").glob("*.png")))
     tables = tuple(sorted((paths.paper() / "tables").glob("*.csv")))

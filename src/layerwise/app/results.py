@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from layerwise.app.catalog import SEED_ONLY_STAGES, RunKey
+from layerwise.app.catalog import RunKey
 from layerwise.app.loaders import Workspace
 from layerwise.schema import FINETUNE_KEYS, SAE_METRIC_KEYS, STAGES, stage_run_name
 
@@ -128,9 +128,8 @@ def run_ids(ws: Workspace, key: RunKey) -> dict[str, str]:
         return {}
     from layerwise.pipeline.paper import find_run_ids
 
-    stages = [s for s in STAGES if not (key.control and s in SEED_ONLY_STAGES)]
     # MLflow names a control's runs <stage>@<model>-<task>-<control> (DVC: <stage>_<control>@...)
-    names = {stage: stage_run_name(stage, key.model, key.task, key.seed) for stage in stages}
+    names = {s: stage_run_name(s, key.model, key.task, key.seed) for s in STAGES if key.runs(s)}
     experiment = str(ws.param("mlflow", "experiment", "layerwise"))
     found = ws.cached(
         ("run_ids", key), lambda: find_run_ids(ws.root, experiment, list(names.values()))

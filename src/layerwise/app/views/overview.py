@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import streamlit as st
 
-from layerwise.app.catalog import REPRODUCE_HINT, SEED_ONLY_STAGES, Catalog, RunKey
+from layerwise.app.catalog import REPRODUCE_HINT, Catalog, RunKey
 
 STAGE_COLUMNS = ("prepare", "finetune", "compare", "sae", "crosscoder", "features")
 
 
 def _stages(key: RunKey) -> list[str]:
     """The stages the pipeline runs for ``key``: a control run has no SAEs or features."""
-    return [s for s in STAGE_COLUMNS if not (key.control and s in SEED_ONLY_STAGES)]
+    return [s for s in STAGE_COLUMNS if key.runs(s)]
 
 
 def _mark(stage: str, key: RunKey, missing: set[str]) -> str:
-    if stage not in _stages(key):
+    if not key.runs(stage):
         return "—"
     return "✗" if stage in missing else "✓"
 

@@ -44,7 +44,7 @@ def _run_tables(ws: Workspace, key: RunKey) -> None:
     if sim:
         rows = [{k: float(v) for k, v in r.items() if v != ""} for r in sim]
         W.line_chart(rows, "layer", ["cosine", "cka"], "Similarity per layer (0 = embeddings)")
-    if key.control is None:
+    if key.runs("sae"):
         _table("SAE quality per unit", R.sae_rows(ws, key), key.stage("sae"))
         _table("Feature statistics per SAE layer", R.feature_rows(ws, key), key.stage("features"))
     else:
