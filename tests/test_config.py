@@ -164,6 +164,14 @@ BAD_VALUES = [
     ("confidence-one", ("compare", "confidence"), 1.0, ["compare.confidence", "1.0"]),
     ("probe-c-zero", ("compare", "probe_c_grid"), [0.0, 1.0], ["compare.probe_c_grid", "> 0"]),
     ("probe-inner-one", ("compare", "probe_inner_folds"), 1, ["compare.probe_inner_folds", "=1"]),
+    ("zero-model-cap", ("models", MODEL, "max_train"), 0, [f"models.{MODEL}.max_train", "0"]),
+    (
+        "negative-sae-tokens",
+        ("size_models", "mpnet-base", "sae_train_tokens"),
+        -5,
+        ["size_models.mpnet-base.sae_train_tokens", "-5"],
+    ),
+    ("empty-size-seeds", ("size_seeds",), [], ["size_seeds is empty"]),
 ]
 
 
@@ -213,6 +221,29 @@ def test_unknown_model_and_seed_lookups_are_named() -> None:
     assert p.check_seed(p.seeds[0]) == p.seeds[0]
     with pytest.raises(ConfigError, match=re.escape(f"seed 12345 is not in seeds={p.seeds}")):
         p.check_seed(12345)
+
+
+def test_size_models_run_their_own_seeds() -> None:
+    """A size model is found by Params.model, runs size_seeds (a seed of ``seeds`` alone is
+    refused for it, naming size_seeds), and full-protocol models keep ``seeds``."""
+    p = load_params(REPO_PARAMS)
+    full, size = next(iter(p.models)), next(iter(p.size_models))
+    assert p.model(size).layers == [3, 6, 12]
+    assert list(p.all_models) == [*p.models, *p.size_models]
+    assert p.is_size_model(size) and not p.is_size_model(full)
+    assert p.seeds_of(size) == p.size_seeds == [0] and p.seeds_of(full) == p.seeds
+    assert p.check_seed(0, size) == 0
+    with pytest.raises(ConfigError, match=re.escape("seed 2 is not in size_seeds=[0]")):
+        p.check_seed(2, size)
+    assert p.check_seed(2, full) == 2
+
+
+def test_a_model_in_both_sections_is_refused(raw_params: dict[str, Any]) -> None:
+    raw = copy.deepcopy(raw_params)
+    model = next(iter(raw["models"]))
+    raw["size_models"][model] = raw["models"][model]
+    with pytest.raises(ConfigError, match=f"model '{model}' is in both models and size_models"):
+        params_from_dict(raw)
 
 
 def test_load_params_file_errors(tmp_path: Path) -> None:

@@ -511,3 +511,41 @@ def test_undecodable_file_with_a_bom_names_file_and_encoding(
     codec = BOM_ENCODINGS[encoding][1]
     file = path if fmt == "csv" else sorted(path.rglob("*.txt"))[0]
     assert f"{file} cannot be decoded as {codec} (its byte-order mark says so)" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# A model's sample of the prepared splits (models.<m>.max_train / max_val / max_analysis)
+# --------------------------------------------------------------------------------------------
+
+
+def test_cap_split_is_a_stratified_seeded_sample_in_split_order(keyword_csv: Path) -> None:
+    """Capping keeps n rows with the class shares of the split, the same rows for the same seed
+    (every stage of a model sees the same texts), other rows for another seed, in split order."""
+    splits = data.stratified_splits(
+        data.build_dataset(kw_task(keyword_csv), 3, "kw"), kw_task(keyword_csv), 0, "kw"
+    )
+    train = splits["train"]
+    capped = data.cap_split(train, 20, seed=0)
+    assert len(capped) == 20
+    share = lambda ds: np.bincount(ds["label"], minlength=3) / len(ds)  # noqa: E731
+    assert np.abs(share(capped) - share(train)).max() <= 0.05
+    texts = list(capped["text"])
+    assert texts == list(data.cap_split(train, 20, seed=0)["text"])
+    assert texts != list(data.cap_split(train, 20, seed=1)["text"])
+    order = {t: i for i, t in enumerate(train["text"])}
+    assert [order[t] for t in texts] == sorted(order[t] for t in texts)
+    assert data.cap_split(train, None, seed=0) is train
+    assert data.cap_split(train, 10_000, seed=0) is train
+
+
+def test_model_splits_apply_the_models_caps(tmp_path: Path, keyword_csv: Path) -> None:
+    from layerwise.config import ModelDef
+
+    task = kw_task(keyword_csv)
+    splits = data.stratified_splits(data.build_dataset(task, 3, "kw"), task, 0, "kw")
+    splits.save_to_disk(str(tmp_path / "kw"))
+    model = ModelDef(source="hub:x", layers=[1], max_train=15, max_analysis=12)
+    got = data.model_splits(tmp_path / "kw", model, seed=0)
+    assert {k: len(v) for k, v in got.items()} == {"train": 15, "val": 20, "analysis": 12}
+    uncapped = data.model_splits(tmp_path / "kw", ModelDef(source="hub:x", layers=[1]), seed=0)
+    assert {k: len(v) for k, v in uncapped.items()} == {k: len(v) for k, v in splits.items()}

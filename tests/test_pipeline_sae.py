@@ -21,7 +21,13 @@ from conftest import REPO_PARAMS, load_stage, write_keyword_csv
 from layerwise import io
 from layerwise.config import ConfigError, load_params
 from layerwise.paths import Paths
-from layerwise.pipeline.sae import CURVE_CSV_COLUMNS, check_sae_params, mean_pool_store
+from layerwise.pipeline.sae import (
+    CURVE_CSV_COLUMNS,
+    check_sae_params,
+    mean_pool_store,
+    model_sae_params,
+    train_config,
+)
 from layerwise.sae.model import SAEConfig, load_sae
 from layerwise.schema import SAE_METRIC_KEYS, SAE_SPLICE_KEYS
 
@@ -196,3 +202,17 @@ def test_topk_above_the_dictionary_width_names_the_params() -> None:
     assert check_sae_params(params, 32) == 64
     with pytest.raises(ConfigError, match=r"sae.k=65 is above the number of features 64"):
         check_sae_params(dataclasses.replace(params, k=65), 32)
+
+
+def test_a_models_sae_train_tokens_replace_the_sections() -> None:
+    """size_models.mpnet-base.sae_train_tokens sets the tokens per SAE for that model only,
+    whether the section counts tokens or epochs; other models keep the section's."""
+    p = load_params(REPO_PARAMS)
+    size = p.model(next(iter(p.size_models)))
+    full = p.model(next(iter(p.models)))
+    assert model_sae_params(p.sae, full) is p.sae
+    by_epochs = dataclasses.replace(p.sae, train_tokens=None, epochs=3.0)
+    for section in (p.sae, by_epochs):
+        own = model_sae_params(section, size)
+        assert (own.train_tokens, own.epochs) == (size.sae_train_tokens, None)
+        assert train_config(own, 0, "cpu").max_tokens == size.sae_train_tokens

@@ -32,7 +32,7 @@ class StageArgs:
     seed: int | None = None
     control: str | None = None
     """A control run instead of a seed (``shuffled``: labels permuted within the train split);
-    it trains with the first of ``seeds``."""
+    it trains with the model's first seed (``seeds``, or ``size_seeds`` for a size model)."""
 
     @property
     def run(self) -> int | str | None:
@@ -50,9 +50,10 @@ class StageArgs:
     def stage_name(self, stage: str) -> str:
         """The DVC stage that makes ``stage``'s output for this run (``finetune@m-t-0``, or
         ``finetune_shuffled@m-t`` for a control): what an error tells the user to rerun."""
+        size = "_size" if self.model and self.params.is_size_model(self.model) else ""
         if self.control is not None:
-            return f"{stage}_{self.control}@{self.model}-{self.task}"
-        return f"{stage}@{self.item}"
+            return f"{stage}_{self.control}{size}@{self.model}-{self.task}"
+        return f"{stage}{size}@{self.item}"
 
     @property
     def key(self) -> tuple[str, str, int | str]:
@@ -106,9 +107,9 @@ def parse_stage_args(
         params.model(ns.model)
         args.model = ns.model
     if seed and getattr(ns, "control", None) is not None:
-        args.control, args.seed = ns.control, params.seeds[0]
+        args.control, args.seed = ns.control, params.seeds_of(args.model or "")[0]
     elif seed:
-        args.seed = params.check_seed(ns.seed)
+        args.seed = params.check_seed(ns.seed, args.model)
     return args
 
 

@@ -237,9 +237,22 @@ class ModelDef:
     layers: list[int]
     """Early, middle and late layers (0 = embedding output, so layer k is hidden_states[k])."""
     description: str = ""
+    max_train: int | None = None
+    """Use at most this many of each task's train texts with this model (null: all). A larger
+    model runs at a smaller scale (the paper's own runs used 1% samples) so the default
+    pipeline stays affordable; the texts are a stratified sample fixed by ``seed``."""
+    max_val: int | None = None
+    """The same cap on each task's val split (null: all)."""
+    max_analysis: int | None = None
+    """The same cap on each task's analysis split (null: all)."""
+    sae_train_tokens: int | None = None
+    """Tokens per SAE for this model's SAEs, in place of ``sae.train_tokens`` (null: that)."""
 
     def validate(self, prefix: str) -> None:
         check_source(self.source, f"{prefix}.source")
+        for name in ("max_train", "max_val", "max_analysis", "sae_train_tokens"):
+            if getattr(self, name) is not None:
+                _positive(prefix, name, getattr(self, name))
         if not self.layers:
             raise ConfigError(f"{prefix}.layers is empty; give e.g. [2, 4, 6]")
         for i, layer in enumerate(self.layers):
@@ -553,7 +566,15 @@ class Params:
     task_defs: dict[str, TaskDef]
     """Task key -> where its data comes from; keys are safe names (``SAFE_NAME``)."""
     models: dict[str, ModelDef]
-    """Model key (a safe name) -> source and layers; every entry runs."""
+    """Model key (a safe name) -> source and layers; each runs the full protocol: every seed
+    in ``seeds`` and every control."""
+    size_models: dict[str, ModelDef] = field(default_factory=dict)
+    """Models of the model-size comparison: each runs at ``size_seeds`` with the shuffled-label
+    control only (no reset, seed floor, SAE seed baseline or crosscoders), which is what the
+    similarity-across-sizes figure and the one-seed claim checks need. A separate section
+    because DVC's ``matrix`` gives every model of one stage the same seeds."""
+    size_seeds: list[int] = field(default_factory=lambda: [0])
+    """Training seeds of ``size_models``."""
     device: str = "auto"
     """Where models and SAEs run: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or
     ``cuda:N``. A param, so DVC knows it: pin ``cpu`` or ``cuda`` to record which device made a
@@ -570,9 +591,22 @@ class Params:
     def validate(self, prefix: str) -> None:
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"device={self.device!r}; expected auto, cpu, cuda or cuda:N")
-        for section, keys in (("task_defs", self.task_defs), ("models", self.models)):
+        sections = (
+            ("task_defs", self.task_defs),
+            ("models", self.models),
+            ("size_models", self.size_models),
+        )
+        for section, keys in sections:
             for key in keys:
                 _check_name(key, section)
+        both = sorted(set(self.models) & set(self.size_models))
+        if both:
+            raise ConfigError(
+                f"model {both[0]!r} is in both models and size_models; keep it in one "
+                "(models: every seed and control; size_models: size_seeds, shuffled control)"
+            )
+        if self.size_models and not self.size_seeds:
+            raise ConfigError("size_seeds is empty; give at least one seed, e.g. [0]")
         if not self.tasks:
             raise ConfigError("tasks is empty; list at least one key of task_defs")
         if not self.seeds:
@@ -596,14 +630,32 @@ class Params:
             raise ConfigError(f"unknown task {key!r}; known tasks: {sorted(self.task_defs)}")
         return self.task_defs[key]
 
-    def model(self, key: str) -> ModelDef:
-        if key not in self.models:
-            raise ConfigError(f"unknown model {key!r}; known models: {sorted(self.models)}")
-        return self.models[key]
+    @property
+    def all_models(self) -> dict[str, ModelDef]:
+        """Every model that runs: ``models``, then ``size_models``."""
+        return {**self.models, **self.size_models}
 
-    def check_seed(self, seed: int) -> int:
-        if seed not in self.seeds:
-            raise ConfigError(f"seed {seed!r} is not in seeds={self.seeds}")
+    def model(self, key: str) -> ModelDef:
+        if key not in self.all_models:
+            raise ConfigError(f"unknown model {key!r}; known models: {sorted(self.all_models)}")
+        return self.all_models[key]
+
+    def is_size_model(self, key: str) -> bool:
+        """Whether ``key`` runs the model-size protocol (one seed, shuffled control only)."""
+        return key in self.size_models
+
+    def seeds_of(self, model: str) -> list[int]:
+        """The training seeds ``model`` runs at: ``size_seeds`` or ``seeds``."""
+        return list(self.size_seeds if self.is_size_model(model) else self.seeds)
+
+    def check_seed(self, seed: int, model: str | None = None) -> int:
+        seeds, key = (
+            (self.size_seeds, "size_seeds")
+            if model is not None and self.is_size_model(model)
+            else (self.seeds, "seeds")
+        )
+        if seed not in seeds:
+            raise ConfigError(f"seed {seed!r} is not in {key}={seeds}")
         return seed
 
     @property

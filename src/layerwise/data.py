@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from layerwise.config import ConfigError, LabelSpec, TaskDef
+from layerwise.config import ConfigError, LabelSpec, ModelDef, TaskDef
 from layerwise.errors import MissingInputError, UserError
 from layerwise.sources import SourceError, resolve
 
@@ -351,6 +351,39 @@ def load_splits(path: str | Path) -> DatasetDict:
     # In memory: the splits are small, and a later .map() must never write cache files into
     # a DVC output folder (that would change its hash).
     return load_from_disk(str(path), keep_in_memory=True)
+
+
+def model_splits(path: str | Path, model: ModelDef, seed: int) -> DatasetDict:
+    """The prepared splits as ``model`` uses them: each capped at the model's ``max_train`` /
+    ``max_val`` / ``max_analysis`` (a larger model runs on fewer texts). Every stage of one
+    model calls this with the same ``seed``, so they all see the same texts."""
+    caps = {"train": model.max_train, "val": model.max_val, "analysis": model.max_analysis}
+    return cap_splits(load_splits(path), caps, seed)
+
+
+def cap_splits(splits: DatasetDict, caps: dict[str, int | None], seed: int) -> DatasetDict:
+    """``splits`` with each split named in ``caps`` cut to its cap by :func:`cap_split`, seeded
+    per split (``seed`` + its index in :data:`SPLITS`), so a reader of one split alone (the
+    explorer's analysis texts) gets the rows the stages used."""
+    for name, cap in caps.items():
+        splits[name] = cap_split(splits[name], cap, seed + SPLITS.index(name))
+    return splits
+
+
+def cap_split(ds: Dataset, n: int | None, seed: int) -> Dataset:
+    """At most ``n`` rows of ``ds``: a label-stratified seeded sample (a plain seeded sample
+    when some class is too small to stratify), kept in the split's order."""
+    from sklearn.model_selection import train_test_split
+
+    if n is None or n >= len(ds):
+        return ds
+    labels = np.asarray(ds["label"])
+    idx = np.arange(len(ds))
+    try:
+        keep, _ = train_test_split(idx, train_size=n, stratify=labels, random_state=seed)
+    except ValueError:  # a class with one row, or fewer rows kept than classes
+        keep = np.random.default_rng(seed).choice(idx, size=n, replace=False)
+    return ds.select(np.sort(keep))
 
 
 def split_stats(splits: DatasetDict, tokenizer: Any | None) -> dict[str, Any]:

@@ -231,6 +231,7 @@ def shrunk_params(
         }
     }
     raw["models"] = {MODEL: {"source": str(model_dir), "layers": [1, 2]}}
+    raw["size_models"] = {}  # the default's size model needs the 404 MB MPNet weights
     if raw.get("data", {}).get("stats_model"):
         raw["data"]["stats_model"] = MODEL
     for overrides in (TINY_OVERRIDES, *extra):

@@ -451,7 +451,8 @@ def numeric_params(cls: type = Params, prefix: tuple = ()) -> list[tuple]:
         elif origin is list and args[0] in (int, float):
             found.append((*path, 0))
         elif origin is dict and dataclasses.is_dataclass(args[1]):
-            found += numeric_params(args[1], (*path, DICT_KEYS[f.name]))
+            if f.name in DICT_KEYS:  # size_models: the same ModelDef fields as models
+                found += numeric_params(args[1], (*path, DICT_KEYS[f.name]))
         elif dataclasses.is_dataclass(tp):
             found += numeric_params(tp, path)
     return found

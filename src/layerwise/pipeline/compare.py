@@ -28,7 +28,7 @@ from layerwise.activations import (
 from layerwise.architectures import probe_pooling
 from layerwise.cli import StageArgs, prefixed, stage_run
 from layerwise.config import CompareParams, ConfigError
-from layerwise.data import load_splits
+from layerwise.data import model_splits
 from layerwise.models import (
     check_layers,
     check_max_length,
@@ -79,7 +79,7 @@ def run(args: StageArgs) -> dict:
     # Looked up at call time, so the bad-input tests can make model loading fail loudly.
     from layerwise.models import load_encoder
 
-    splits = load_splits(paths.prepared(args.task))
+    splits = model_splits(paths.prepared(args.task), model_def, p.seed)
     device = pick_device(p.device)
     used = {
         **prefixed("compare", p.compare),

@@ -22,8 +22,8 @@ import torch
 from layerwise import io, splice
 from layerwise.activations import ActivationStore
 from layerwise.cli import StageArgs, prefixed, stage_run
-from layerwise.config import ConfigError, CrosscoderParams, section_dict
-from layerwise.data import DataError, load_splits
+from layerwise.config import ConfigError, CrosscoderParams, ModelDef, section_dict
+from layerwise.data import DataError, model_splits
 from layerwise.features import text_feature_matrix
 from layerwise.models import (
     autocast_dtype,
@@ -112,15 +112,17 @@ class PairedStores:
         return store.acts(unit_name("pt", layer)), store.acts(unit_name("ft", layer))
 
 
-def analysis_split(prepared: Path, source: str, n_store_texts: int) -> SplitText:
+def analysis_split(
+    prepared: Path, model: ModelDef, data_seed: int, n_store_texts: int
+) -> SplitText:
     """The analysis split's texts and labels, and the PT tokenizer (same vocabulary as the
     stores' token ids); fails if the store was made from another split."""
-    analysis = load_splits(prepared)["analysis"]
+    analysis = model_splits(prepared, model, data_seed)["analysis"]
     split = SplitText(
         texts=list(analysis["text"]),
         labels=np.asarray(analysis["label"]),
         label_names=list(analysis.features["label"].names),
-        tokenizer=load_tokenizer(source),
+        tokenizer=load_tokenizer(model.source),
     )
     if len(split.labels) != n_store_texts:
         raise DataError(
@@ -297,7 +299,9 @@ def splice_layers(
     stage's autocast. Returns the clean accuracy and every layer's ``schema.SAE_SPLICE_KEYS``
     (with the bootstrap CIs) for the JSON."""
     p = args.params
-    val_split = load_splits(Paths(args.root).prepared(args.task))["val"]
+    val_split = model_splits(Paths(args.root).prepared(args.task), p.model(args.model), p.seed)[
+        "val"
+    ]
     layers = [r.layer for r in results]
     base = splice.CleanRun.load(ft_dir, val_split, p.finetune, layers, device)
     pt_encoder = load_encoder(p.model(args.model).source).to(device).eval()
@@ -434,7 +438,7 @@ def run(args: StageArgs) -> dict:
     check_crosscoder_params(p.crosscoder, stores.dim)
     pt_config = load_config(model_def.source)
     check_layers(layers, pt_config, f"models.{args.model}.layers")
-    split = analysis_split(paths.prepared(args.task), model_def.source, stores.analysis.n_texts)
+    split = analysis_split(paths.prepared(args.task), model_def, p.seed, stores.analysis.n_texts)
     device = pick_device(p.device)
     used = {
         **prefixed("crosscoder", p.crosscoder),

@@ -28,7 +28,7 @@ from layerwise import io
 from layerwise.activations import ActivationStore
 from layerwise.cli import StageArgs, prefixed, stage_run
 from layerwise.config import FeaturesParams
-from layerwise.data import DataError, load_splits
+from layerwise.data import DataError, model_splits
 from layerwise.errors import MissingInputError
 from layerwise.models import load_config, load_tokenizer, num_layers, pick_device
 from layerwise.paths import Paths
@@ -113,7 +113,7 @@ def run(args: StageArgs) -> dict:
     key = args.key
     store_root = io.require(paths.activations(*key), args.stage_name("compare"))
     sae_root = io.require(paths.saes(*key), args.stage_name("sae"))
-    analysis = load_splits(paths.prepared(args.task))["analysis"]
+    analysis = model_splits(paths.prepared(args.task), model_def, p.seed)["analysis"]
     split = AnalysisSplit(
         texts=list(analysis["text"]),
         labels=np.asarray(analysis["label"]),

@@ -26,7 +26,7 @@ from layerwise.architectures import layout_of, probe_pooling
 from layerwise.classification import classification_metrics, confusion_counts, majority_accuracy
 from layerwise.cli import StageArgs, prefixed, stage_run
 from layerwise.config import CompareParams, ConfigError, FinetuneParams
-from layerwise.data import load_splits
+from layerwise.data import model_splits
 from layerwise.models import (
     autocast_dtype,
     check_max_length,
@@ -119,7 +119,7 @@ def _checked_inputs(args: StageArgs, paths: Paths) -> DatasetDict:
     check_max_length(
         p.finetune.max_length, config, load_tokenizer(model_def.source), "finetune.max_length"
     )
-    splits = load_splits(paths.prepared(args.task))
+    splits = model_splits(paths.prepared(args.task), model_def, p.seed)
     names = splits["train"].features["label"].names
     if len(set(splits["train"]["label"])) < 2:
         raise ConfigError(f"task {args.task!r}: the train split holds one class only ({names})")

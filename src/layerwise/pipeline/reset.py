@@ -31,7 +31,7 @@ from layerwise.controls import (
     reset_blocks,
     reset_schedule,
 )
-from layerwise.data import DataError, load_splits
+from layerwise.data import DataError, model_splits
 from layerwise.models import (
     autocast_dtype,
     check_max_length,
@@ -115,7 +115,7 @@ def _checked_inputs(args: StageArgs, paths: Paths) -> tuple[Path, ValSet]:
     check_same_blocks(ft_config, load_config(p.model(args.model).source))
     tokenizer = load_tokenizer(str(ft_dir))
     check_max_length(p.finetune.max_length, ft_config, tokenizer, "finetune.max_length")
-    val = load_splits(paths.prepared(args.task))["val"]
+    val = model_splits(paths.prepared(args.task), p.model(args.model), p.seed)["val"]
     if len(val) == 0:
         raise DataError(f"task {args.task!r}: the val split is empty; nothing to score")
     labels = np.asarray(val["label"])

@@ -9,6 +9,7 @@ recovers relative to mean-ablating the layer (:mod:`layerwise.splice`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,8 @@ import numpy as np
 from layerwise import io, splice
 from layerwise.activations import ActivationStore
 from layerwise.cli import StageArgs, prefixed, stage_run
-from layerwise.config import CompareParams, ConfigError, SAEParams, section_dict
-from layerwise.data import load_splits
+from layerwise.config import CompareParams, ConfigError, ModelDef, SAEParams, section_dict
+from layerwise.data import model_splits
 from layerwise.models import (
     autocast_dtype,
     check_layers,
@@ -137,6 +138,14 @@ def sae_configs(
     ]
 
 
+def model_sae_params(params: SAEParams, model: ModelDef) -> SAEParams:
+    """The ``sae`` section as one model's SAEs use it: its ``sae_train_tokens`` (a larger model
+    runs at a smaller scale) in place of ``sae.train_tokens`` or ``sae.epochs``."""
+    if model.sae_train_tokens is None:
+        return params
+    return dataclasses.replace(params, train_tokens=model.sae_train_tokens, epochs=None)
+
+
 def train_config(params: SAEParams, seed: int, device: Any) -> TrainConfig:
     """The trainer's settings from the ``sae`` params section."""
     return TrainConfig(
@@ -206,7 +215,9 @@ def accuracy_metrics(
     every ``schema.SAE_SPLICE_KEYS`` key (NaN for mean-pooled SAEs, which never saw a single
     token's state)."""
     p = args.params
-    val_split = load_splits(Paths(args.root).prepared(args.task))["val"]
+    val_split = model_splits(Paths(args.root).prepared(args.task), p.model(args.model), p.seed)[
+        "val"
+    ]
     layers = p.model(args.model).layers
     base = splice.CleanRun.load(ft_dir, val_split, p.finetune, layers, device)
     metrics = {"ft/accuracy_clean": base.scores.accuracy}
@@ -311,13 +322,15 @@ def run(args: StageArgs) -> dict:
     """The stage's work for parsed ``args``; returns what its DVC metrics file holds."""
     p, paths = args.params, Paths(args.root)
     layers = p.model(args.model).layers
+    sae_params = model_sae_params(p.sae, p.model(args.model))
     store_root = io.require(paths.activations(*args.key), args.stage_name("compare"))
     ft_dir = io.require(paths.finetuned(*args.key), args.stage_name("finetune"))
     check_inputs(args, store_root, ft_dir)
     device = pick_device(p.device)
     used = {
-        **prefixed("sae", p.sae),
+        **prefixed("sae", sae_params),
         f"models.{args.model}.layers": layers,
+        f"models.{args.model}.sae_train_tokens": p.model(args.model).sae_train_tokens,
         "finetune.max_length": p.finetune.max_length,
         "finetune.eval_batch_size": p.finetune.eval_batch_size,
         "finetune.precision": p.finetune.precision,
@@ -330,7 +343,7 @@ def run(args: StageArgs) -> dict:
         seed_everything(args.seed, device)
         meta = {"model": args.model, "task": args.task, "seed": args.seed}
         result = train_and_evaluate(
-            store_root, layers, p.sae, args.seed, device, on_log=curve_logger(run), meta=meta
+            store_root, layers, sae_params, args.seed, device, on_log=curve_logger(run), meta=meta
         )
         metrics = {**result.metrics, **accuracy_metrics(args, ft_dir, result.saes, device)}
         write_outputs(run, args, result, metrics)

@@ -24,7 +24,7 @@ from layerwise.activations import (
 )
 from layerwise.cli import StageArgs, stage_run
 from layerwise.config import CompareParams, ConfigError
-from layerwise.data import load_splits
+from layerwise.data import model_splits
 from layerwise.models import load_config, load_encoder, load_tokenizer, pick_device
 from layerwise.paths import Paths
 from layerwise.runtime import seed_everything
@@ -91,7 +91,7 @@ def _pair_results(
     """``((seed_i, seed_j), per-layer rows)`` for every seed pair, and the analysis texts."""
     p = args.params
     seeds = p.seeds
-    analysis = load_splits(paths.prepared(args.task))["analysis"]
+    analysis = model_splits(paths.prepared(args.task), p.model(args.model), p.seed)["analysis"]
     if len(seeds) < 2:
         logger.warning(
             "seed_floor@%s: seeds=%s holds one seed, so there is no pair to compare: the seed "
