@@ -264,6 +264,14 @@ def write_reset(paths: Paths, m: str, t: str, s: int, n_layers: int, n_labels: i
 
 def write_controls(paths: Paths, m: str, t: str, n_layers: int, n_seeds: int) -> None:
     """The shuffled-label control (at chance) and the seed floor of one (model, task)."""
+    write_shuffled(paths, m, t, n_layers)
+    rows = seed_floor_rows(n_layers, SHAPES[t], n_seeds)
+    _write_csv(paths.seed_floor_csv(m, t), list(SEED_FLOOR_COLUMNS), rows)
+    _write_json(paths.seed_floor_json(m, t), {"n_pairs": rows[0]["n_pairs"]})
+
+
+def write_shuffled(paths: Paths, m: str, t: str, n_layers: int) -> None:
+    """The shuffled-label control's similarity and fine-tune metrics (at chance)."""
     shape = SHAPES[t]
     shuffled = similarity_rows(n_layers, "shuffled" if shape == "planted" else shape, "shuffled")
     _write_csv(paths.similarity_csv(m, t, "shuffled"), list(SIMILARITY_COLUMNS), shuffled)
@@ -279,15 +287,18 @@ def write_controls(paths: Paths, m: str, t: str, n_layers: int, n_seeds: int) ->
         "control/label_agreement": 1 / n_labels,
     }
     _write_json(paths.finetune_metrics(m, t, "shuffled"), ft)
-    rows = seed_floor_rows(n_layers, shape, n_seeds)
-    _write_csv(paths.seed_floor_csv(m, t), list(SEED_FLOOR_COLUMNS), rows)
-    _write_json(paths.seed_floor_json(m, t), {"n_pairs": rows[0]["n_pairs"]})
 
 
 def write_results(
-    root: Path, models: dict[str, tuple[int, list[int]]], tasks: list[str], seeds: list[int]
+    root: Path,
+    models: dict[str, tuple[int, list[int]]],
+    tasks: list[str],
+    seeds: list[int],
+    size_models: dict[str, tuple[int, list[int]]] | None = None,
+    size_seeds: tuple[int, ...] = (0,),
 ) -> None:
-    """Every input of the paper stage, under ``root``, in the earlier stages' formats."""
+    """Every input of the paper stage, under ``root``, in the earlier stages' formats; size
+    models get their seeds and the shuffled control only, as the ``*_size`` stages write."""
     paths = Paths(root)
     for t in tasks:
         labels = LABELS[t]
@@ -302,78 +313,86 @@ def write_results(
         _write_json(paths.prepare_metrics(t), prep)
     for m, (n_layers, sae_layers) in models.items():
         for t in tasks:
-            labels, shape = LABELS[t], SHAPES[t]
             write_controls(paths, m, t, n_layers, len(seeds))
             for s in seeds:
-                write_reset(paths, m, t, s, n_layers, len(labels))
-                ft: dict[str, Any] = {
-                    "ft/accuracy": 0.85 + 0.01 * s,
-                    "ft/macro_f1": 0.84,
-                    "pt_head/accuracy": 0.5,
-                    "pt_head/macro_f1": 0.4,
-                    "pt_probe/accuracy": 0.7,
-                    "pt_probe/macro_f1": 0.69,
-                    "data/n_train": 600,
-                    "data/n_val": 200,
-                    "data/majority_accuracy": 1 / len(labels),
-                    "speed/train_s": 10.0,
-                    **{f"ft/f1/{name}": 0.8 for name in labels},
-                }
-                if t == "rating":
-                    ft["ft/within_one_accuracy"] = 0.95
-                _write_json(paths.finetune_metrics(m, t, s), ft)
-                curve = []
-                for step in range(1, 21):
-                    curve.append(
-                        {"step": step, "epoch": step / 10, "train_loss": 1.0 / step + 0.01 * s}
-                    )
-                    if step % 10 == 0:
-                        curve.append(
-                            {
-                                "step": step,
-                                "epoch": step / 10,
-                                "val_loss": 0.3,
-                                "val_accuracy": 0.8 + 0.01 * step / 10,
-                            }
-                        )
-                _write_csv(paths.finetune_curve(m, t, s), list(FINETUNE_CURVE_COLUMNS), curve)
-                sim = similarity_rows(n_layers, shape, s)
-                _write_csv(paths.similarity_csv(m, t, s), list(SIMILARITY_COLUMNS), sim)
-                _write_json(
-                    paths.similarity_json(m, t, s),
-                    {
-                        "cosine/first": sim[0]["cosine"],
-                        "cosine/last": sim[-1]["cosine"],
-                        "cka/last": sim[-1]["cka"],
-                        "ci_methods": {"cosine": "bootstrap", "cka": "jackknife"},
-                        "confidence": 0.95,
-                    },
-                )
-                sae: dict[str, float] = {"ft/accuracy_clean": 0.85}
-                for k in sae_layers:
-                    for which in ("pt", "ft"):
-                        unit = f"{which}_L{k}"
-                        sae.update(
-                            {
-                                f"{unit}/mse": 0.01 * k,
-                                f"{unit}/explained_variance": 0.9 - 0.02 * k,
-                                f"{unit}/fvu": 0.1 + 0.02 * k + 0.01 * s,
-                                f"{unit}/l0": 20.0 + k,
-                                f"{unit}/dead_frac": 0.05,
-                                f"{unit}/dense_frac": 0.01,
-                                f"{unit}/cos_sim": 0.95,
-                            }
-                        )
-                    sae.update(splice_metrics(k, s))
-                _write_json(paths.sae_metrics(m, t, s), sae)
-                feats = features_result(n_layers, sae_layers, labels, shape, s)
-                _write_json(paths.features_json(m, t, s), feats)
-                _write_csv(
-                    paths.features_csv(m, t, s), list(FEATURE_LAYER_COLUMNS), feats["layers"]
-                )
+                write_reset(paths, m, t, s, n_layers, len(LABELS[t]))
+                write_seed_run(paths, m, t, s, n_layers, sae_layers)
                 write_crosscoder(paths, m, t, s, n_layers, sae_layers)
             write_crosscoder(paths, m, t, "shuffled", n_layers, sae_layers)
             write_sae_baseline(paths, m, t, n_layers, sae_layers, seeds)
+    for m, (n_layers, sae_layers) in (size_models or {}).items():
+        for t in tasks:
+            write_shuffled(paths, m, t, n_layers)
+            for s in size_seeds:
+                write_seed_run(paths, m, t, s, n_layers, sae_layers)
+
+
+def write_seed_run(
+    paths: Paths, m: str, t: str, s: int, n_layers: int, sae_layers: list[int]
+) -> None:
+    """One seed's finetune, compare, sae and features outputs (what every protocol runs)."""
+    labels, shape = LABELS[t], SHAPES[t]
+    ft: dict[str, Any] = {
+        "ft/accuracy": 0.85 + 0.01 * s,
+        "ft/macro_f1": 0.84,
+        "pt_head/accuracy": 0.5,
+        "pt_head/macro_f1": 0.4,
+        "pt_probe/accuracy": 0.7,
+        "pt_probe/macro_f1": 0.69,
+        "data/n_train": 600,
+        "data/n_val": 200,
+        "data/majority_accuracy": 1 / len(labels),
+        "speed/train_s": 10.0,
+        **{f"ft/f1/{name}": 0.8 for name in labels},
+    }
+    if t == "rating":
+        ft["ft/within_one_accuracy"] = 0.95
+    _write_json(paths.finetune_metrics(m, t, s), ft)
+    curve = []
+    for step in range(1, 21):
+        curve.append({"step": step, "epoch": step / 10, "train_loss": 1.0 / step + 0.01 * s})
+        if step % 10 == 0:
+            curve.append(
+                {
+                    "step": step,
+                    "epoch": step / 10,
+                    "val_loss": 0.3,
+                    "val_accuracy": 0.8 + 0.01 * step / 10,
+                }
+            )
+    _write_csv(paths.finetune_curve(m, t, s), list(FINETUNE_CURVE_COLUMNS), curve)
+    sim = similarity_rows(n_layers, shape, s)
+    _write_csv(paths.similarity_csv(m, t, s), list(SIMILARITY_COLUMNS), sim)
+    _write_json(
+        paths.similarity_json(m, t, s),
+        {
+            "cosine/first": sim[0]["cosine"],
+            "cosine/last": sim[-1]["cosine"],
+            "cka/last": sim[-1]["cka"],
+            "ci_methods": {"cosine": "bootstrap", "cka": "jackknife"},
+            "confidence": 0.95,
+        },
+    )
+    sae: dict[str, float] = {"ft/accuracy_clean": 0.85}
+    for k in sae_layers:
+        for which in ("pt", "ft"):
+            unit = f"{which}_L{k}"
+            sae.update(
+                {
+                    f"{unit}/mse": 0.01 * k,
+                    f"{unit}/explained_variance": 0.9 - 0.02 * k,
+                    f"{unit}/fvu": 0.1 + 0.02 * k + 0.01 * s,
+                    f"{unit}/l0": 20.0 + k,
+                    f"{unit}/dead_frac": 0.05,
+                    f"{unit}/dense_frac": 0.01,
+                    f"{unit}/cos_sim": 0.95,
+                }
+            )
+        sae.update(splice_metrics(k, s))
+    _write_json(paths.sae_metrics(m, t, s), sae)
+    feats = features_result(n_layers, sae_layers, labels, shape, s)
+    _write_json(paths.features_json(m, t, s), feats)
+    _write_csv(paths.features_csv(m, t, s), list(FEATURE_LAYER_COLUMNS), feats["layers"])
 
 
 def splice_metrics(layer: int, seed: int) -> dict[str, float]:
@@ -507,9 +526,15 @@ def write_sae_baseline(
 
 
 def write_params(
-    root: Path, models: dict[str, tuple[int, list[int]]], tasks: list[str], seeds: list[int]
+    root: Path,
+    models: dict[str, tuple[int, list[int]]],
+    tasks: list[str],
+    seeds: list[int],
+    size_models: dict[str, tuple[int, list[int]]] | None = None,
+    size_seeds: tuple[int, ...] = (0,),
 ) -> Path:
-    """``root/params.yaml``: the repo's params with these models, tasks and seeds (validated)."""
+    """``root/params.yaml``: the repo's params with these models, tasks and seeds (validated);
+    no size models unless given."""
     raw = yaml.safe_load(REPO_PARAMS.read_text())
     raw["tasks"] = tasks
     raw["seeds"] = seeds
@@ -518,6 +543,18 @@ def write_params(
         m: {"source": f"hub:example/{m}", "layers": layers, "description": f"synthetic {m}"}
         for m, (_, layers) in models.items()
     }
+    raw["size_models"] = {
+        m: {
+            "source": f"hub:example/{m}",
+            "layers": layers,
+            "description": f"synthetic {m}",
+            "max_train": 100,
+            "max_val": 50,
+            "max_analysis": 50,
+        }
+        for m, (_, layers) in (size_models or {}).items()
+    }
+    raw["size_seeds"] = list(size_seeds)
     raw.setdefault("data", {}).pop("stats_model", None)
     raw.setdefault("paper", {})["dpi"] = DPI
     raw.setdefault("mlflow", {})["experiment"] = EXPERIMENT

@@ -9,6 +9,7 @@ from paper_support import ONE_MODEL, TASKS, write_params, write_results
 from layerwise.config import load_params
 from layerwise.paper.claims import evaluate_claims
 from layerwise.paper.inputs import load_inputs
+from layerwise.paper.size_claims import evaluate_size_claims
 from layerwise.paper.summary import summary_markdown
 from layerwise.paper.tables import build_tables
 from layerwise.paths import Paths
@@ -19,6 +20,7 @@ HEADINGS = [
     "## Substitution: our data and model vs the paper's",
     "## Claims",
     "### C3 (late layers specialise) in detail",
+    "## Model-size check: C1 and C2 on one seed against the shuffled-label control",
     "## Figures (`figures/`, PNG and PDF)",
     "## Tables (`tables/`, CSV, Markdown and LaTeX)",
     "## MLflow runs",
@@ -30,10 +32,12 @@ def test_summary_sections_provenance_and_verdicts(tmp_path: Path) -> None:
     params = load_params(write_params(tmp_path, ONE_MODEL, TASKS, [0]))
     inputs = load_inputs(params, Paths(tmp_path))
     results = evaluate_claims(inputs)
-    built = build_tables(inputs, results)
+    size_results = evaluate_size_claims(inputs)
+    built = build_tables(inputs, results, size_results)
     text = summary_markdown(
         inputs,
         results,
+        size_results,
         [("layerwise_similarity", "a caption")],
         built,
         {"compare@tiny-sentiment-0": "abc123"},

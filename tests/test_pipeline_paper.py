@@ -53,6 +53,7 @@ TABLES = [
     "crosscoder_summary",
     "crosscoder_latents",
     "claims",
+    "model_size_claims",
 ]
 
 paper_stage = load_stage("paper")
@@ -151,7 +152,7 @@ def test_stage_one_model(one_model: tuple[Path, Path], mlflow_uri: str) -> None:
     assert png_size(fig_dir / "layerwise_similarity.png") == (1344, 1088)  # 8.4 x 6.8 in
     summary = (root / "paper" / "summary.md").read_text()
     assert "not drawn" not in summary
-    assert "add a model under `models:`" in summary.lower()
+    assert "add a model under `size_models:`" in summary.lower()
     assert (root / "planted_run_id").read_text() in summary
     assert "n/a" in summary  # runs that do not exist
     for rule in C.rules(PaperParams()).values():
@@ -233,6 +234,67 @@ def test_stage_two_models_two_seeds(two_models: tuple[Path, Path]) -> None:
     feats = next(csv.reader((root / "paper/tables/feature_table.csv").open()))
     assert {"selectivity_null", "selectivity_excess"} <= set(feats)
     assert "### C3 (late layers specialise) in detail" in summary
+
+
+SIZE_MODEL = {"big": (12, [3, 6, 12])}
+
+
+@pytest.fixture
+def with_size_model(tmp_path: Path, mlflow_uri: str) -> tuple[Path, Path]:
+    """(root, params): one full-protocol model with 2 seeds, and a 12-layer size model that ran
+    seed 0 and the shuffled control only (no reset, seed floor, crosscoder or baseline)."""
+    root = tmp_path / "repo"
+    write_results(root, ONE_MODEL, TASKS, [0, 1], size_models=SIZE_MODEL)
+    return root, write_params(root, ONE_MODEL, TASKS, [0, 1], size_models=SIZE_MODEL)
+
+
+def test_stage_with_a_size_model(with_size_model: tuple[Path, Path]) -> None:
+    """A size model joins the model-size figure, the tables and the one-seed claim checks, and
+    stays out of the seed-level claims; the one-seed rules hold on the planted task (the late
+    layer moved beyond the shuffled control, the transition in the middle) and not on the flat
+    one, for both model sizes alike."""
+    root, params = with_size_model
+    metrics = run_stage(root, params)
+    check_common_outputs(root, TASKS, ["tiny"])
+    summary = (root / "paper" / "summary.md").read_text()
+    assert "not drawn" not in summary and "add a model under" not in summary
+    assert "size_models: seed(s) [0], shuffled-label control only" in summary
+    assert "## Model-size check: C1 and C2 on one seed" in summary
+    assert metrics["claims/n"] == 6.0  # the full-protocol model only
+    # The planted fall has begun by tiny's early layer (depth 1/3: cosine 0.940) beyond the
+    # shuffled control's mild fall (0.949), so only its late part holds; big's early layer
+    # (depth 1/4) is still above the control.
+    assert metrics["size_claims/big/sentiment/C1"] == 1.0
+    assert metrics["size_claims/tiny/sentiment/C1"] == 0.5
+    assert metrics["size_claims/tiny/sentiment/gap_early_lo"] > 0
+    for m in ("tiny", "big"):
+        assert metrics[f"size_claims/{m}/sentiment/C2"] == 1.0
+        assert metrics[f"size_claims/{m}/rating/C1"] == 0.5  # early yes, late no
+        assert metrics[f"size_claims/{m}/rating/C2"] == 0.0
+    assert metrics["size_claims/big/sentiment/gap_late_lo"] > 0
+    rows = list(csv.DictReader((root / "paper/tables/finetune_accuracy.csv").open()))
+    big = [r for r in rows if r["model"] == "big"]
+    assert len(big) == 2 and "sample: 100 train / 50 val / 50 analysis texts" in big[0]["data"]
+    sim = list(csv.DictReader((root / "paper/tables/layer_similarity.csv").open()))
+    big_sim = [r for r in sim if r["model"] == "big"]
+    assert len(big_sim) == 2 * 13 and big_sim[0]["floor_cosine"] in ("", "nan")
+    sae = {r["model"] for r in csv.DictReader((root / "paper/tables/sae_metrics.csv").open())}
+    assert sae == {"tiny", "big"}
+    size_claims = list(csv.DictReader((root / "paper/tables/model_size_claims.csv").open()))
+    assert {(r["model"], r["claim"]) for r in size_claims} >= {("big", "C1"), ("tiny", "C2")}
+    cc = {r["model"] for r in csv.DictReader((root / "paper/tables/crosscoder_summary.csv").open())}
+    assert cc == {"tiny"}
+
+
+def test_missing_size_input_names_its_size_stage(with_size_model: tuple[Path, Path]) -> None:
+    root, params = with_size_model
+    Paths(root).finetune_metrics("big", "rating", "shuffled").unlink()
+    Paths(root).sae_metrics("big", "sentiment", 0).unlink()
+    with pytest.raises(FileNotFoundError, match=r"2 input file\(s\) missing") as info:
+        run_stage(root, params)
+    assert "dvc repro finetune_shuffled_size@big-rating" in str(info.value)
+    assert "dvc repro sae_size@big-sentiment-0" in str(info.value)
+    assert not (root / "paper").exists()
 
 
 def test_missing_crosscoder_or_baseline_names_its_stage(one_model: tuple[Path, Path]) -> None:

