@@ -102,3 +102,14 @@ def test_run_keys_and_units_round_trip() -> None:
 
 def _key() -> tuple[str, str, int]:
     return KEY.model, KEY.task, KEY.seed
+
+
+def test_a_size_models_runs_name_its_size_stages(app_tree: AppTree) -> None:  # noqa: F811
+    """A model of size_models has its own ``*_size`` DVC stages: the hints name them, and a key
+    built from the sidebar (which knows nothing of protocols) still finds the run."""
+    catalog = scan(app_tree.root, size_models=[KEY.model])
+    run = catalog.run(RunKey(KEY.model, KEY.task, 0))
+    assert run.key.size and f"finetune_size@{KEY.item}" in run.hint(["finetune"])
+    control = catalog.run(CONTROL)
+    assert control.key.stage("compare") == f"compare_shuffled_size@{KEY.model}-{KEY.task}"
+    assert not scan(app_tree.root).run(KEY).key.size

@@ -38,3 +38,25 @@ def test_missing_outputs_and_params_raise_what_to_do(app_tree: AppTree, tmp_path
     (tmp_path / "other.yaml").write_text("models: {big: {source: x}}\n")
     with pytest.raises(ExplorerError, match=r"no models\.tiny\.source in other\.yaml .*big"):
         Workspace(app_tree.root, params=tmp_path / "other.yaml").model_source(KEY.model)
+
+
+def test_a_capped_models_texts_are_its_stages_sample(app_tree: AppTree, tmp_path: Path) -> None:  # noqa: F811
+    """A model that caps its analysis texts (models.<m>.max_analysis) is shown the very texts
+    its compare stage stored, and a size model's source is found under size_models."""
+    import yaml
+
+    from layerwise.config import ModelDef
+    from layerwise.data import model_splits
+    from layerwise.paths import Paths
+
+    raw = yaml.safe_load(app_tree.params.read_text())
+    entry = raw["models"].pop(KEY.model)
+    raw["size_models"] = {KEY.model: {**entry, "max_analysis": 7}}
+    (tmp_path / "capped.yaml").write_text(yaml.safe_dump(raw))
+    ws = Workspace(app_tree.root, params=tmp_path / "capped.yaml")
+    assert ws.model_source(KEY.model) == entry["source"]
+    texts = ws.analysis(KEY).texts
+    model = ModelDef(source=entry["source"], layers=entry["layers"], max_analysis=7)
+    expected = model_splits(Paths(app_tree.root).prepared(KEY.task), model, raw["seed"])
+    assert len(texts) == 7 and texts == list(expected["analysis"]["text"])
+    assert ws.catalog().run(KEY).key.size

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from pathlib import Path
 
@@ -56,6 +57,9 @@ class RunKey:
     model: str
     task: str
     seed: Run
+    size: bool = field(default=False, compare=False)
+    """A model of ``size_models``: its DVC stages are the ``*_size`` ones. Not part of the key's
+    identity, so a key built from the sidebar finds the run."""
 
     @property
     def control(self) -> str | None:
@@ -83,8 +87,11 @@ class RunKey:
         MLflow names a control's runs ``<stage>@<model>-<task>-<control>``)."""
         if stage == "prepare":
             return f"prepare@{self.task}"
+        size = "_size" if self.size else ""
         if self.control:
-            return f"{stage}_{self.control}@{self.item}"
+            return f"{stage}_{self.control}{size}@{self.item}"
+        if size:
+            return f"{stage}{size}@{self.item}"
         return stage_run_name(stage, self.model, self.task, self.seed)
 
     @property
@@ -245,11 +252,14 @@ def _key_of(rel: Path) -> RunKey | None:
     return RunKey(model, task, int(match.group(1))) if match else None
 
 
-def scan(root: str | Path) -> Catalog:
-    """Every run with at least one output under ``root``, and the paper's figures and tables."""
+def scan(root: str | Path, size_models: Iterable[str] = ()) -> Catalog:
+    """Every run with at least one output under ``root``, and the paper's figures and tables;
+    runs of ``size_models`` are marked so their hints name the ``*_size`` stages."""
     root = Path(root)
     paths = Paths(root)
     keys = {key for pattern in RUN_GLOBS for p in root.glob(pattern) if (key := _key_of(p))}
+    size = set(size_models)
+    keys = {replace(k, size=True) if k.model in size else k for k in keys}
     runs = [run_outputs(paths, key) for key in sorted(keys, key=attrgetter("order"))]
     runs = [r for r in runs if _has_any(r, paths)]
     figures = tuple(sorted((paths.paper() / "figures").glob("*.png")))

@@ -85,8 +85,13 @@ class Workspace:
 
     def catalog(self) -> Catalog:
         """What exists now (rescanned on every call: cheap, and a finished stage shows up
-        without restarting the app)."""
-        return scan(self.root)
+        without restarting the app). Without a readable params file the size models are
+        unknown: their runs are still listed, with the full protocol's stage names."""
+        try:
+            size_models = list(self.model_defs("size_models"))
+        except ExplorerError:
+            size_models = []
+        return scan(self.root, size_models)
 
     def outputs(self, key: RunKey) -> RunOutputs:
         return self.catalog().run(key)
@@ -127,9 +132,24 @@ class Workspace:
         value = self.params().get(section)
         return value.get(name, default) if isinstance(value, dict) else default
 
+    def model_defs(self, section: str) -> dict[str, dict[str, Any]]:
+        """``models`` or ``size_models`` of params as plain dicts (``{}`` when absent)."""
+        value = self.params().get(section) or {}
+        return (
+            {k: v for k, v in value.items() if isinstance(v, dict)}
+            if isinstance(value, dict)
+            else {}
+        )
+
+    def model_def(self, model: str) -> dict[str, Any]:
+        """One model's params entry, from ``models`` or ``size_models`` (``{}``: neither)."""
+        return (
+            self.model_defs("models").get(model) or self.model_defs("size_models").get(model) or {}
+        )
+
     def model_source(self, model: str) -> str:
-        models = self.params().get("models") or {}
-        source = (models.get(model) or {}).get("source") if isinstance(models, dict) else None
+        models = {**self.model_defs("models"), **self.model_defs("size_models")}
+        source = self.model_def(model).get("source")
         if not source:
             raise ExplorerError(
                 f"model {model!r} has outputs but no models.{model}.source in "
@@ -218,10 +238,15 @@ class Workspace:
         return self.cached(("store_index", key), load)
 
     def analysis(self, key: RunKey) -> AnalysisTexts:
-        from layerwise.data import load_splits
+        from layerwise.data import cap_splits, load_splits
+
+        cap = self.model_def(key.model).get("max_analysis")
+        seed = int(self.params().get("seed", 0))
 
         def load() -> AnalysisTexts:
-            split = load_splits(self.paths.prepared(key.task))["analysis"]
+            # The model's own sample, as its compare stage stored it (models.<m>.max_analysis).
+            split = cap_splits(load_splits(self.paths.prepared(key.task)), {"analysis": cap}, seed)
+            split = split["analysis"]
             return AnalysisTexts(
                 texts=list(split["text"]),
                 labels=np.asarray(split["label"]),
@@ -229,4 +254,4 @@ class Workspace:
             )
 
         self.require(key, "prepare")
-        return self.cached(("analysis", key.task), load)
+        return self.cached(("analysis", key.task, cap), load)
