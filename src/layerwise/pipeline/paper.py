@@ -18,7 +18,7 @@ from typing import Any
 from layerwise import io, tracking
 from layerwise.cli import StageArgs, prefixed, stage_run
 from layerwise.config import Params
-from layerwise.paper import claims
+from layerwise.paper import claims, size_claims
 from layerwise.paper.figures import FigureOutput, draw_figures
 from layerwise.paper.inputs import load_inputs
 from layerwise.paper.summary import summary_markdown
@@ -77,9 +77,9 @@ def _stage_run_names(p: Params) -> list[str]:
         {
             stage_run_name(stage, m, t, s)
             for stage in STAGES
-            for m in p.models
+            for m in p.all_models
             for t in p.tasks
-            for s in p.seeds
+            for s in p.seeds_of(m)
         }
     )
 
@@ -93,9 +93,12 @@ def _used_params(p: Params) -> dict[str, Any]:
             for k in ("pt_only_below", "ft_only_above", "top_latents")
         },
         "models": list(p.models),
+        "size_models": list(p.size_models),
         "tasks": p.tasks,
         "seeds": p.seeds,
+        "size_seeds": p.size_seeds,
         **{f"models.{m}.layers": d.layers for m, d in p.models.items()},
+        **{f"size_models.{m}.layers": d.layers for m, d in p.size_models.items()},
     }
 
 
@@ -128,17 +131,22 @@ def run(args: StageArgs) -> dict[str, float]:
     inputs = load_inputs(p, paths)
     run_ids = find_run_ids(args.root, p.mlflow.experiment, _stage_run_names(p))
     results = claims.evaluate_claims(inputs)
-    metrics = claims.claims_metrics(results)
-    tags = {"models": ",".join(p.models), "tasks": ",".join(p.tasks), "seeds": p.seeds}
+    size_results = size_claims.evaluate_size_claims(inputs)
+    metrics = {
+        **claims.claims_metrics(results),
+        **size_claims.size_claims_metrics(size_results),
+    }
+    tags = {"models": ",".join(p.all_models), "tasks": ",".join(p.tasks), "seeds": p.seeds}
     with stage_run("paper", args, _used_params(p), tags) as run, io.Staging() as staging:
         fig_dir = staging.dir(paths.paper() / "figures")
         tab_dir = staging.dir(paths.paper() / "tables")
         drawn, skipped = draw_figures(inputs, fig_dir, p.paper.dpi)
-        built = build_tables(inputs, results)
+        built = build_tables(inputs, results, size_results)
         write_tables(built, tab_dir)
         summary = summary_markdown(
             inputs,
             results,
+            size_results,
             [(f.name, f.caption) for f in drawn],
             built,
             run_ids,
