@@ -238,6 +238,19 @@ def test_size_models_run_their_own_seeds() -> None:
     assert p.check_seed(2, full) == 2
 
 
+def test_exponents_written_by_dvc_exp_run_are_numbers(tmp_path: Path) -> None:
+    """``dvc exp run -S sae.learning_rate=2e-5`` writes ``2e-05`` (YAML 1.2); PyYAML alone reads
+    that as a string. load_params reads it as the float it is; a real string stays a string."""
+    raw = REPO_PARAMS.read_text().replace("learning_rate: 2.0e-3", "learning_rate: 2e-05")
+    assert "learning_rate: 2e-05" in raw
+    (tmp_path / "params.yaml").write_text(raw)
+    p = load_params(tmp_path / "params.yaml")
+    assert p.sae.learning_rate == 2e-05 and isinstance(p.sae.learning_rate, float)
+    (tmp_path / "bad.yaml").write_text(raw.replace("learning_rate: 2e-05", "learning_rate: 2e-x"))
+    with pytest.raises(ConfigError, match=r"sae\.learning_rate='2e-x'"):
+        load_params(tmp_path / "bad.yaml")
+
+
 def test_a_model_in_both_sections_is_refused(raw_params: dict[str, Any]) -> None:
     raw = copy.deepcopy(raw_params)
     model = next(iter(raw["models"]))
