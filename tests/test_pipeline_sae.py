@@ -205,14 +205,14 @@ def test_topk_above_the_dictionary_width_names_the_params() -> None:
 
 
 def test_a_models_sae_train_tokens_replace_the_sections() -> None:
-    """size_models.mpnet-base.sae_train_tokens sets the tokens per SAE for that model only,
-    whether the section counts tokens or epochs; other models keep the section's."""
+    """size_models.mpnet-base.sae_train_tokens sets the tokens per SAE for that model only;
+    other models keep the section's, and a section that trains by epochs applies to all."""
     p = load_params(REPO_PARAMS)
     size = p.model(next(iter(p.size_models)))
     full = p.model(next(iter(p.models)))
     assert model_sae_params(p.sae, full) is p.sae
-    by_epochs = dataclasses.replace(p.sae, train_tokens=None, epochs=3.0)
-    for section in (p.sae, by_epochs):
-        own = model_sae_params(section, size)
-        assert (own.train_tokens, own.epochs) == (size.sae_train_tokens, None)
-        assert train_config(own, 0, "cpu").max_tokens == size.sae_train_tokens
+    own = model_sae_params(p.sae, size)
+    assert (own.train_tokens, own.epochs) == (size.sae_train_tokens, None) != p.sae.train_tokens
+    assert train_config(own, 0, "cpu").max_tokens == size.sae_train_tokens
+    by_epochs = dataclasses.replace(p.sae, train_tokens=None, epochs=2.0)
+    assert model_sae_params(by_epochs, size) is by_epochs

@@ -140,10 +140,11 @@ def sae_configs(
 
 def model_sae_params(params: SAEParams, model: ModelDef) -> SAEParams:
     """The ``sae`` section as one model's SAEs use it: its ``sae_train_tokens`` (a larger model
-    runs at a smaller scale) in place of ``sae.train_tokens`` or ``sae.epochs``."""
-    if model.sae_train_tokens is None:
+    runs at a smaller scale) in place of ``sae.train_tokens``. A section that trains by
+    ``sae.epochs`` applies to every model (the paper's recipe is 2 epochs for all)."""
+    if model.sae_train_tokens is None or params.train_tokens is None:
         return params
-    return dataclasses.replace(params, train_tokens=model.sae_train_tokens, epochs=None)
+    return dataclasses.replace(params, train_tokens=model.sae_train_tokens)
 
 
 def train_config(params: SAEParams, seed: int, device: Any) -> TrainConfig:
