@@ -246,7 +246,8 @@ class ModelDef:
     max_analysis: int | None = None
     """The same cap on each task's analysis split (null: all)."""
     sae_train_tokens: int | None = None
-    """Tokens per SAE for this model's SAEs, in place of ``sae.train_tokens`` (null: that)."""
+    """Tokens per SAE for this model's SAEs, in place of ``sae.train_tokens`` (null: that).
+    A ``sae`` section that trains by ``epochs`` instead applies to every model."""
 
     def validate(self, prefix: str) -> None:
         check_source(self.source, f"{prefix}.source")
