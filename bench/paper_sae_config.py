@@ -3,12 +3,13 @@
 Nadipalli (2025) trains one SAE per (task, layer, PT|FT) at 768 -> 1024, ReLU, MSE + 1e-3 mean
 |z|, Adam 2e-5, 2 epochs, batch 16, on mean-pooled sentence activations. This runs exactly that
 on the default's `mpnet-base` (bert-base's shape) with `dvc exp run`, only its `sae_size` and
-`features_size` stages (the activations are the workspace's, unchanged), then prints a Markdown
-table of the experiment's SAEs beside the workspace's default ones: FVU, L0, dead fraction and
-the top features' split-half selectivity excess over its permutation null.
+`features_size` stages (the activations are the workspace's, unchanged), puts the workspace
+back to its commit (a `dvc exp run` leaves the experiment's outputs there), then prints a
+Markdown table of the experiment's SAEs beside the default ones of the commit it ran on: FVU,
+L0, dead fraction and the top features' split-half selectivity excess over its permutation null.
 
 Usage: python bench/paper_sae_config.py [--name paper-sae-mpnet] [--no-run]
-(`--no-run` reads an experiment that already ran.)
+(`--no-run` reads an experiment that already ran.) Needs a clean git workspace.
 """
 
 from __future__ import annotations
@@ -49,33 +50,36 @@ def run_experiment(name: str, tasks: list[str], seed: int) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def restore_workspace() -> None:
+    """Back to the commit: the files the experiment rewrote, then DVC's cached outputs."""
+    changed = git("diff", "--name-only", "HEAD").split()
+    if changed:
+        git("checkout", "HEAD", "--", *changed)
+    subprocess.run(["dvc", "checkout"], cwd=ROOT, check=True)
+
+
 def exp_ref(name: str) -> str:
     """The git ref DVC stored the experiment under (``refs/exps/.../<name>``)."""
-    refs = subprocess.run(
-        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    refs = git("for-each-ref", "--format=%(refname)", "refs/exps").split()
     found = [r for r in refs if r.rsplit("/", 1)[-1] == name]
     if not found:
         raise SystemExit(f"no DVC experiment named {name!r}: run without --no-run first")
     return found[-1]
 
 
-def read_json(path: str, ref: str | None) -> dict[str, Any]:
-    """A metrics file from the workspace (``ref`` None) or from the experiment's commit."""
-    if ref is None:
-        return json.loads((ROOT / path).read_text())
-    text = subprocess.run(
-        ["git", "show", f"{ref}:{path}"], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout
-    return json.loads(text)
+def read_json(path: str, ref: str) -> dict[str, Any]:
+    """A metrics file as committed at ``ref``."""
+    return json.loads(git("show", f"{ref}:{path}"))
 
 
-def unit_numbers(task: str, seed: int, ref: str | None, layer: int, which: str) -> list[str]:
-    """FVU, L0, dead % and selectivity excess of one SAE (workspace or experiment)."""
+def unit_numbers(task: str, seed: int, ref: str, layer: int, which: str) -> list[str]:
+    """FVU, L0, dead % and selectivity excess of one SAE, as committed at ``ref``."""
     sae = read_json(f"metrics/sae/{MODEL}/{task}/s{seed}.json", ref)
     feats = read_json(f"metrics/features/{MODEL}/{task}/s{seed}.json", ref)
     unit = f"{which}_L{layer}"
@@ -96,7 +100,7 @@ def table(tasks: list[str], layers: list[int], seed: int, ref: str) -> str:
     for t in tasks:
         for layer in layers:
             for which in ("pt", "ft"):
-                ours = unit_numbers(t, seed, None, layer, which)
+                ours = unit_numbers(t, seed, f"{ref}^", layer, which)  # the baseline commit
                 paper = unit_numbers(t, seed, ref, layer, which)
                 row = [t, str(layer), which.upper(), *ours, *paper]
                 lines.append("| " + " | ".join(row) + " |")
@@ -112,7 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     tasks, seed = params["tasks"], params["size_seeds"][0]
     layers = params["size_models"][MODEL]["layers"]
     if not args.no_run:
+        if git("status", "--porcelain", "--untracked-files=no").strip():
+            raise SystemExit("commit or stash your changes first: the experiment runs in place")
         run_experiment(args.name, tasks, seed)
+        restore_workspace()
     print(table(tasks, layers, seed, exp_ref(args.name)))
 
 
