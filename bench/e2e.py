@@ -58,6 +58,7 @@ GIT += ["-c", "core.hooksPath=/dev/null"]
 DVC = str(Path(sys.executable).parent / "dvc")
 QUICK_PARAMS: dict[str, Any] = {
     "tasks": ["sentiment"],
+    "size_models": {},  # the size model's 404 MB weights are not a --quick matter
     "task_defs.sentiment.max_train": 64,
     "task_defs.sentiment.max_val": 32,
     "task_defs.sentiment.max_analysis": 48,
@@ -70,7 +71,8 @@ QUICK_PARAMS: dict[str, Any] = {
 }
 """--quick sizes for the copy's params: every stage runs, each in seconds."""
 EXP_VALUES = (0.25, 0.3, 0.35, 0.4, 0.45)
-EXP_RERUN = ("sae@", "features@", "paper")
+EXP_RERUN = ("sae@", "features@", "sae_size@", "features_size@", "paper")
+"""Every stage downstream of the ``sae`` params, in both protocols (models, size_models)."""
 NOOP_RUNS = 3
 COLD_TARGET_S = 15 * 60.0
 FINETUNE_TARGET_S = 8 * 60.0
@@ -309,7 +311,7 @@ def exp_figure(copy: Path, logs: Path, repeats: int) -> Figure:
         "dvc exp run -S sae.lr_decay_ratio=...",
         walls,
         "s",
-        "only sae@*, features@*, paper rerun",
+        "only sae*@*, features*@*, paper rerun",
         ok,
         f"values {list(EXP_VALUES[:repeats])}; reran each time: {', '.join(ran)}",
     )
