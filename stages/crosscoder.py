@@ -11,7 +11,11 @@ from layerwise.schema import CONTROLS
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(begin_stage(__doc__, argv, task=True, model=True, seed=True, controls=CONTROLS))
+    return run(
+        begin_stage(
+            __doc__, argv, task=True, model=True, seed=True, controls=CONTROLS, full_protocol=True
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from layerwise.pipeline.reset import run
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(begin_stage(__doc__, argv, task=True, model=True, seed=True))
+    return run(begin_stage(__doc__, argv, task=True, model=True, seed=True, full_protocol=True))
 
 
 if __name__ == "__main__":

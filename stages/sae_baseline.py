@@ -9,7 +9,7 @@ from layerwise.pipeline.sae_baseline import run
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(begin_stage(__doc__, argv, task=True, model=True, seed=False))
+    return run(begin_stage(__doc__, argv, task=True, model=True, seed=False, full_protocol=True))
 
 
 if __name__ == "__main__":

@@ -113,3 +113,7 @@ def test_a_size_models_runs_name_its_size_stages(app_tree: AppTree) -> None:  # 
     control = catalog.run(CONTROL)
     assert control.key.stage("compare") == f"compare_shuffled_size@{KEY.model}-{KEY.task}"
     assert not scan(app_tree.root).run(KEY).key.size
+    # Size models have no crosscoders: asking says why instead of naming a stage that is not.
+    assert not run.key.runs("crosscoder") and run.key.runs("sae")
+    hint = run.hint(["crosscoder"])
+    assert "size model" in hint and "crosscoder_size@" not in hint

@@ -22,7 +22,9 @@ def test_run_tables_and_claims(app_tree: AppTree, monkeypatch: pytest.MonkeyPatc
     assert [r["unit"] for r in sae] == ["ft_L1", "ft_L2", "pt_L1", "pt_L2"]
     assert set(SAE_METRIC_KEYS) <= set(sae[0]) and "ft_accuracy_spliced" in sae[0]
     assert "ft/accuracy" in R.finetune_metrics(ws, KEY)
-    assert [r["claim"] for r in R.claims_rows(ws, KEY)] == ["C1", "C2", "C3"]
+    claims = R.claims_rows(ws, KEY)  # seed-level C1-C3, then the one-seed C1, C2
+    assert [r["claim"] for r in claims] == ["C1", "C2", "C3", "C1", "C2"]
+    assert claims[-1]["control"].startswith("shuffled-label fine-tune, one seed")
     stage = json.loads(ws.paths.features_json(KEY.model, KEY.task, KEY.seed).read_text())
     top = [f["feature"] for f in stage["units"]["ft_L2"]["top_features"]]
     assert R.top_variance_features(ws, KEY, "ft_L2") == top and len(top) == 3

@@ -41,3 +41,15 @@ def test_size_model_refuses_a_seed_it_does_not_run() -> None:
     size = next(iter(load_params(REPO_PARAMS).size_models))
     with pytest.raises(ConfigError, match=r"seed 1 is not in size_seeds=\[0\]"):
         parse("--model", size, "--task", "rating", "--seed", "1")
+
+
+def test_full_protocol_stages_refuse_a_size_model() -> None:
+    """reset, seed_floor, sae_baseline and crosscoder run for `models` only: a size model run
+    by hand is refused at once, naming the models they do run for."""
+    p = load_params(REPO_PARAMS)
+    size, full = next(iter(p.size_models)), next(iter(p.models))
+    argv = ["--model", size, "--task", "rating", *P]
+    with pytest.raises(ConfigError, match=rf"'{size}' is in size_models .* \['{full}'\]"):
+        parse_stage_args("t", argv, task=True, model=True, seed=False, full_protocol=True)
+    ok = parse_stage_args("t", argv, task=True, model=True, seed=False)
+    assert ok.model == size and p.model_key(size) == f"size_models.{size}"

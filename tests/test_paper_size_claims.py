@@ -90,3 +90,10 @@ def test_transition_outside_the_middle_fails(centre: float) -> None:
     assert c2.verdict == FAILS
     assert not (1 / 3 <= c2.numbers["transition_depth"] <= 2 / 3)
     assert math.isnan(c2.numbers["transition_depth_lo"])  # one seed: no interval
+
+
+def test_undefined_steps_do_not_hold_and_do_not_crash() -> None:
+    """A curve without a single finite step (e.g. a NaN control) gives no transition."""
+    inp = make(planted(DEPTH), np.full(L + 1, np.nan))
+    assert all(math.isnan(v) for v in transition(inp))
+    assert check_c2(inp, PaperParams()).verdict == FAILS

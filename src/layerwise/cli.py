@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from layerwise import tracking
-from layerwise.config import Params, load_params, section_dict
+from layerwise.config import ConfigError, Params, load_params, section_dict
 from layerwise.errors import UserError
 from layerwise.paths import Paths
 from layerwise.runtime import quiet_libraries, setup_logging
@@ -82,9 +82,12 @@ def parse_stage_args(
     model: bool,
     seed: bool,
     controls: tuple[str, ...] = (),
+    full_protocol: bool = False,
 ) -> StageArgs:
     """Parse ``--task/--model/--seed`` (or ``--control`` where the stage runs controls) and
-    load params; validate the keys against params."""
+    load params; validate the keys against params. ``full_protocol``: the stage runs for the
+    models of ``models`` only (reset, seed floor, SAE baseline, crosscoders), so a size model
+    is refused."""
     parser = argparse.ArgumentParser(description=description)
     if task:
         parser.add_argument("--task", required=True, help="task key (params: tasks)")
@@ -106,6 +109,11 @@ def parse_stage_args(
     if model:
         params.model(ns.model)
         args.model = ns.model
+        if full_protocol and params.is_size_model(ns.model):
+            raise ConfigError(
+                f"model {ns.model!r} is in size_models (one seed, shuffled control only); this "
+                f"stage runs for the models of `models` only: {sorted(params.models)}"
+            )
     if seed and getattr(ns, "control", None) is not None:
         args.control, args.seed = ns.control, params.seeds_of(args.model or "")[0]
     elif seed:
@@ -121,11 +129,20 @@ def begin_stage(
     model: bool,
     seed: bool,
     controls: tuple[str, ...] = (),
+    full_protocol: bool = False,
 ) -> StageArgs:
     """A stage's first step: logging, quiet HF libraries, then :func:`parse_stage_args`."""
     setup_logging()
     quiet_libraries()
-    return parse_stage_args(description, argv, task=task, model=model, seed=seed, controls=controls)
+    return parse_stage_args(
+        description,
+        argv,
+        task=task,
+        model=model,
+        seed=seed,
+        controls=controls,
+        full_protocol=full_protocol,
+    )
 
 
 def prefixed(prefix: str, section: Any) -> dict[str, Any]:

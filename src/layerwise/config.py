@@ -575,7 +575,8 @@ class Params:
     similarity-across-sizes figure and the one-seed claim checks need. A separate section
     because DVC's ``matrix`` gives every model of one stage the same seeds."""
     size_seeds: list[int] = field(default_factory=lambda: [0])
-    """Training seeds of ``size_models``."""
+    """Training seeds of ``size_models``. Both keys default here, but dvc.yaml's matrices
+    interpolate them, so params.yaml must hold them (``size_models: {}`` for none)."""
     device: str = "auto"
     """Where models and SAEs run: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or
     ``cuda:N``. A param, so DVC knows it: pin ``cpu`` or ``cuda`` to record which device made a
@@ -640,6 +641,11 @@ class Params:
         if key not in self.all_models:
             raise ConfigError(f"unknown model {key!r}; known models: {sorted(self.all_models)}")
         return self.all_models[key]
+
+    def model_key(self, key: str) -> str:
+        """Where ``key`` is defined in params.yaml: ``models.<key>`` or ``size_models.<key>``
+        (for messages and logged params)."""
+        return f"{'size_models' if self.is_size_model(key) else 'models'}.{key}"
 
     def is_size_model(self, key: str) -> bool:
         """Whether ``key`` runs the model-size protocol (one seed, shuffled control only)."""

@@ -11,7 +11,8 @@ STAGES = ("prepare", "finetune", "compare", "sae", "crosscoder", "features")
 """Stages that run per (model, task, seed) before ``paper`` (``prepare`` per task only)."""
 CONTROLS = ("shuffled",)
 """Control runs: ``shuffled`` is a fine-tune on the same texts with labels permuted within the
-train split (seeded by ``seed``), trained with the first of ``seeds``."""
+train split (seeded by ``seed``), trained with the model's first seed (``seeds``, or
+``size_seeds`` for a size model)."""
 
 # finetune@<model>-<task>-<seed>
 FINETUNE_KEYS = (
@@ -207,7 +208,8 @@ def run_item(model: str, task: str, seed: int) -> str:
 
 
 def stage_run_name(stage: str, model: str, task: str, seed: int) -> str:
-    """DVC stage name == MLflow run name of one stage execution (prepare is per task only)."""
+    """MLflow run name of one stage execution, and the DVC stage name for a ``models`` entry
+    (a size model's DVC stages carry ``_size``: ``finetune_size@...``; prepare is per task)."""
     return f"prepare@{task}" if stage == "prepare" else f"{stage}@{run_item(model, task, seed)}"
 
 

@@ -32,6 +32,8 @@ CROSSCODER_LAYER = re.compile(r"L(\d+)")
 SEED_DIR = re.compile(r"s(\d+)")
 SEED_ONLY_STAGES = ("sae", "features")
 """Stages the pipeline runs per seed but not for a control run."""
+FULL_PROTOCOL_STAGES = ("crosscoder",)
+"""Stages the pipeline runs for ``models`` only, not for ``size_models``."""
 RUN_GLOBS = (
     "models/*/*/s*",
     "results/*/*/s*",
@@ -79,12 +81,30 @@ class RunKey:
         return run_item(self.model, self.task, self.seed)
 
     def runs(self, stage: str) -> bool:
-        """Whether the pipeline runs ``stage`` for this run (a control has no SAEs or features)."""
+        """Whether the pipeline runs ``stage`` for this run (a control has no SAEs or features,
+        a size model no crosscoders)."""
+        if self.size and stage in FULL_PROTOCOL_STAGES:
+            return False
         return not (self.control and stage in SEED_ONLY_STAGES)
 
+    def why_not(self, stages: list[str]) -> str:
+        """Why the pipeline does not run ``stages`` (those ``runs`` refuses) for this run."""
+        names = ", ".join(stages)
+        if self.size and any(s in FULL_PROTOCOL_STAGES for s in stages):
+            return (
+                f"{self.label}: the pipeline runs {names} for the models of `models` only; "
+                f"{self.model} is a size model (size_models: one seed and the shuffled-label "
+                "control). Move it to `models` in params.yaml for the full protocol."
+            )
+        return (
+            f"{self.label}: the pipeline runs {names} for the seeds only, not for the control; "
+            "pick a seed in the sidebar."
+        )
+
     def stage(self, stage: str) -> str:
-        """The DVC stage name of ``stage`` for this run (for a seed also its MLflow run name;
-        MLflow names a control's runs ``<stage>@<model>-<task>-<control>``)."""
+        """The DVC stage name of ``stage`` for this run (for a seed of a ``models`` entry also
+        its MLflow run name; MLflow names a control's runs ``<stage>@<model>-<task>-<control>``
+        and a size model's without the ``_size``)."""
         if stage == "prepare":
             return f"prepare@{self.task}"
         size = "_size" if self.size else ""
@@ -159,12 +179,9 @@ class RunOutputs:
 
     def hint(self, stages: list[str]) -> str:
         """What to run for the missing ``stages``: the DVC stage names, or the whole pipeline."""
-        seed_only = [s for s in stages if not self.key.runs(s)]
-        if seed_only:
-            return (
-                f"{self.key.label}: the pipeline runs {', '.join(seed_only)} for the seeds only, "
-                "not for the control; pick a seed in the sidebar."
-            )
+        skipped = [s for s in stages if not self.key.runs(s)]
+        if skipped:
+            return self.key.why_not(skipped)
         names = [self.key.stage(s) for s in stages]
         return (
             f"{self.key.label}: this needs the output of {', '.join(names)}, which is not "

@@ -109,11 +109,14 @@ class Workspace:
 
     def params(self) -> dict[str, Any]:
         """``params.yaml`` as plain data. Read, not validated: the explorer needs only each
-        model's source, ``finetune.max_length`` and the MLflow experiment, and must still open
-        outputs made under an older or newer params schema."""
+        model's source and text caps, which models are size models, the data ``seed``,
+        ``finetune.max_length`` and the MLflow experiment, and must still open outputs made
+        under an older or newer params schema. Parsed as the stages parse it (YAML 1.2 floats)."""
 
         def load() -> dict[str, Any]:
             import yaml
+
+            from layerwise.config import load_yaml
 
             if not self.params_path.is_file():
                 raise ExplorerError(
@@ -121,7 +124,7 @@ class Workspace:
                     "pre-trained source from it (pass --params or set LAYERWISE_PARAMS)"
                 )
             try:
-                raw = yaml.safe_load(self.params_path.read_text())
+                raw = load_yaml(self.params_path.read_text())
             except yaml.YAMLError as exc:
                 raise ExplorerError(f"{self.params_path} is not valid YAML: {exc}") from exc
             return raw if isinstance(raw, dict) else {}
@@ -240,8 +243,13 @@ class Workspace:
     def analysis(self, key: RunKey) -> AnalysisTexts:
         from layerwise.data import cap_splits, load_splits
 
-        cap = self.model_def(key.model).get("max_analysis")
-        seed = int(self.params().get("seed", 0))
+        cap, seed = self.model_def(key.model).get("max_analysis"), self.params().get("seed", 0)
+        for name, value in (("max_analysis", cap), ("seed", seed)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ExplorerError(
+                    f"{self.params_path.name}: {name}={value!r} is not an integer, so the texts "
+                    f"of {key.param} cannot be matched to its activation store"
+                )
 
         def load() -> AnalysisTexts:
             # The model's own sample, as its compare stage stored it (models.<m>.max_analysis).

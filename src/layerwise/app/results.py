@@ -86,11 +86,19 @@ def finetune_metrics(ws: Workspace, key: RunKey) -> dict[str, Any] | None:
 
 
 def claims_rows(ws: Workspace, key: RunKey) -> list[dict[str, str]] | None:
-    """The paper's claims for the run's (model, task), with verdicts and evidence."""
-    rows = read_rows(ws.paths.paper() / "tables" / "claims.csv")
-    if rows is None:
+    """The paper's claims for the run's (model, task), with verdicts and evidence: the
+    seed-level ones (claims.csv, full-protocol models) and the one-seed checks against the
+    shuffled control (model_size_claims.csv, every model)."""
+    tables = ws.paths.paper() / "tables"
+    found = [read_rows(tables / name) for name in ("claims.csv", "model_size_claims.csv")]
+    if all(rows is None for rows in found):
         return None
-    return [r for r in rows if (r.get("model"), r.get("task")) == (key.model, key.task)]
+    return [
+        r
+        for rows in found
+        for r in rows or []
+        if (r.get("model"), r.get("task")) == (key.model, key.task)
+    ]
 
 
 def top_variance_features(ws: Workspace, key: RunKey, unit: str) -> list[int]:

@@ -42,7 +42,9 @@ def run_picker(catalog: Catalog) -> RunKey:
     task = choose("Task", catalog.tasks(model), "task", sidebar=True)
     seeds = [str(s) for s in catalog.seeds(model, task)]
     seed = choose("Seed", seeds, "seed", sidebar=True)
-    return RunKey(model, task, parse_run(seed))
+    picked = RunKey(model, task, parse_run(seed))
+    # The catalog's own key: it knows whether the model is a size model (its stage names).
+    return next((k for k in catalog.keys if k == picked), picked)
 
 
 def pick_buttons(

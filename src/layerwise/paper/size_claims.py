@@ -124,9 +124,12 @@ def check_c1(inp: SizeClaimInputs) -> ClaimResult:
 
 
 def transition(inp: SizeClaimInputs) -> tuple[float, float]:
-    """Relative depth (j + 0.5)/L of the largest one-layer rise of the gap, and that rise."""
+    """Relative depth (j + 0.5)/L of the largest one-layer rise of the gap, and that rise
+    (NaN for both when no step is defined)."""
     steps = np.diff(inp.shuffled - inp.cosine)
-    j = int(np.argmax(steps))
+    if not np.isfinite(steps).any():
+        return math.nan, math.nan
+    j = int(np.nanargmax(steps))
     return (j + 0.5) / inp.n_layers, float(steps[j])
 
 

@@ -71,7 +71,7 @@ def run(args: StageArgs) -> dict:
     model_def = p.model(args.model)
     ft_dir = io.require(paths.finetuned(*args.key), args.stage_name("finetune"))
     pt_config, ft_config = load_config(model_def.source), load_config(str(ft_dir))
-    check_layers(model_def.layers, pt_config, f"models.{args.model}.layers")
+    check_layers(model_def.layers, pt_config, f"{p.model_key(args.model)}.layers")
     pt_tok, ft_tok = load_tokenizer(model_def.source), load_tokenizer(str(ft_dir))
     check_max_length(p.finetune.max_length, pt_config, pt_tok, "finetune.max_length")
     check_pair(pt_tok, ft_tok, pt_config, ft_config)
@@ -83,7 +83,7 @@ def run(args: StageArgs) -> dict:
     device = pick_device(p.device)
     used = {
         **prefixed("compare", p.compare),
-        f"models.{args.model}.layers": model_def.layers,
+        f"{p.model_key(args.model)}.layers": model_def.layers,
         "finetune.max_length": p.finetune.max_length,
         "seed": args.seed,
         "device": str(device),

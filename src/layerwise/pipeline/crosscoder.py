@@ -437,13 +437,13 @@ def run(args: StageArgs) -> dict:
     stores = PairedStores.open(store_root, layers)
     check_crosscoder_params(p.crosscoder, stores.dim)
     pt_config = load_config(model_def.source)
-    check_layers(layers, pt_config, f"models.{args.model}.layers")
+    check_layers(layers, pt_config, f"{p.model_key(args.model)}.layers")
     split = analysis_split(paths.prepared(args.task), model_def, p.seed, stores.analysis.n_texts)
     device = pick_device(p.device)
     used = {
         **prefixed("crosscoder", p.crosscoder),
-        f"models.{args.model}.layers": layers,
-        f"models.{args.model}.source": model_def.source,
+        f"{p.model_key(args.model)}.layers": layers,
+        f"{p.model_key(args.model)}.source": model_def.source,
         "finetune.max_length": p.finetune.max_length,
         "finetune.eval_batch_size": p.finetune.eval_batch_size,
         "finetune.precision": p.finetune.precision,

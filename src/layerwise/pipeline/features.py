@@ -124,7 +124,7 @@ def run(args: StageArgs) -> dict:
     device = pick_device(p.device)
     used = {
         **prefixed("features", p.features),
-        f"models.{args.model}.layers": model_def.layers,
+        f"{p.model_key(args.model)}.layers": model_def.layers,
         "seed": args.seed,
         "device": str(device),
     }

@@ -75,7 +75,7 @@ def run(args: StageArgs) -> dict:
     device = pick_device(p.device)
     used = {
         **prefixed("finetune", p.finetune),
-        f"models.{args.model}.source": model_def.source,
+        f"{p.model_key(args.model)}.source": model_def.source,
         "compare.pooling": p.compare.pooling,
         "compare.probe_c_grid": p.compare.probe_c_grid,
         "compare.probe_inner_folds": p.compare.probe_inner_folds,

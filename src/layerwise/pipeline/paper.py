@@ -136,7 +136,12 @@ def run(args: StageArgs) -> dict[str, float]:
         **claims.claims_metrics(results),
         **size_claims.size_claims_metrics(size_results),
     }
-    tags = {"models": ",".join(p.all_models), "tasks": ",".join(p.tasks), "seeds": p.seeds}
+    tags = {
+        "models": ",".join(p.all_models),
+        "tasks": ",".join(p.tasks),
+        "seeds": p.seeds,
+        "size_seeds": p.size_seeds,
+    }
     with stage_run("paper", args, _used_params(p), tags) as run, io.Staging() as staging:
         fig_dir = staging.dir(paths.paper() / "figures")
         tab_dir = staging.dir(paths.paper() / "tables")

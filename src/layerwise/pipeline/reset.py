@@ -76,7 +76,7 @@ def run(args: StageArgs) -> dict:
     device = pick_device(p.device)
     dtype = autocast_dtype(p.finetune.precision, device)
     used = {
-        f"models.{args.model}.source": model_def.source,
+        f"{p.model_key(args.model)}.source": model_def.source,
         "finetune.max_length": p.finetune.max_length,
         "finetune.eval_batch_size": p.finetune.eval_batch_size,
         "finetune.precision": p.finetune.precision,

@@ -300,7 +300,7 @@ def check_inputs(args: StageArgs, store_root: Path, ft_dir: Path) -> None:
     store = ActivationStore.open(store_root, "train")
     check_sae_params(p.sae, int(store.meta["dim"]))
     ft_config = load_config(str(ft_dir))
-    check_layers(p.model(args.model).layers, ft_config, f"models.{args.model}.layers")
+    check_layers(p.model(args.model).layers, ft_config, f"{p.model_key(args.model)}.layers")
     check_max_length(
         p.finetune.max_length, ft_config, load_tokenizer(str(ft_dir)), "finetune.max_length"
     )
@@ -330,8 +330,8 @@ def run(args: StageArgs) -> dict:
     device = pick_device(p.device)
     used = {
         **prefixed("sae", sae_params),
-        f"models.{args.model}.layers": layers,
-        f"models.{args.model}.sae_train_tokens": p.model(args.model).sae_train_tokens,
+        f"{p.model_key(args.model)}.layers": layers,
+        f"{p.model_key(args.model)}.sae_train_tokens": p.model(args.model).sae_train_tokens,
         "finetune.max_length": p.finetune.max_length,
         "finetune.eval_batch_size": p.finetune.eval_batch_size,
         "finetune.precision": p.finetune.precision,
