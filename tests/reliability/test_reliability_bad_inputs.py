@@ -342,8 +342,9 @@ CASES = [
          source("hub:stanfordnlp/imdb"), offline=True),
     Case("string-batch-size", "finetune", ConfigError, ("finetune.batch_size='16'", "integer"),
          section("finetune", batch_size="16")),
+    # (``1e-3`` unquoted is a number: params are read with YAML 1.2 floats, as DVC writes them.)
     Case("string-learning-rate", "finetune", ConfigError,
-         ("finetune.learning_rate='1e-3'", "number"), section("finetune", learning_rate="1e-3")),
+         ("finetune.learning_rate='1e-3x'", "number"), section("finetune", learning_rate="1e-3x")),
     Case("string-sae-l1", "sae", ConfigError, ("sae.l1_coefficient='high'", "number"),
          section("sae", l1_coefficient="high")),
     Case("string-token-budget", "compare", ConfigError,
