@@ -83,13 +83,8 @@ def required_inputs(params: Params, paths: Paths) -> list[Input]:
         for t in params.tasks:
             for s in params.seeds:
                 item = run_item(m, t, s)
+                out += _seed_inputs(paths, m, t, s)
                 out += [
-                    Input(paths.finetune_metrics(m, t, s), f"finetune@{item}"),
-                    Input(paths.finetune_curve(m, t, s), f"finetune@{item}"),
-                    Input(paths.similarity_csv(m, t, s), f"compare@{item}"),
-                    Input(paths.similarity_json(m, t, s), f"compare@{item}"),
-                    Input(paths.sae_metrics(m, t, s), f"sae@{item}"),
-                    Input(paths.features_json(m, t, s), f"features@{item}"),
                     Input(paths.reset_csv(m, t, s), f"reset@{item}"),
                     Input(paths.reset_json(m, t, s), f"reset@{item}"),
                     Input(paths.crosscoder_csv(m, t, s), f"crosscoder@{item}"),
@@ -102,20 +97,24 @@ def required_inputs(params: Params, paths: Paths) -> list[Input]:
     return out
 
 
+def _seed_inputs(paths: Paths, m: str, t: str, s: int, suffix: str = "") -> list[Input]:
+    """The files every seed run writes in either protocol (finetune, compare, sae, features);
+    ``suffix`` is ``_size`` for a size model's stages."""
+    item = run_item(m, t, s)
+    return [
+        Input(paths.finetune_metrics(m, t, s), f"finetune{suffix}@{item}"),
+        Input(paths.finetune_curve(m, t, s), f"finetune{suffix}@{item}"),
+        Input(paths.similarity_csv(m, t, s), f"compare{suffix}@{item}"),
+        Input(paths.similarity_json(m, t, s), f"compare{suffix}@{item}"),
+        Input(paths.sae_metrics(m, t, s), f"sae{suffix}@{item}"),
+        Input(paths.features_json(m, t, s), f"features{suffix}@{item}"),
+    ]
+
+
 def _size_inputs(paths: Paths, m: str, t: str, seeds: list[int]) -> list[Input]:
     """A size model's files (``size_models``): seed runs without reset or crosscoder, and the
     shuffled-label control's fine-tune and similarity, made by the ``*_size`` stages."""
-    out = []
-    for s in seeds:
-        item = run_item(m, t, s)
-        out += [
-            Input(paths.finetune_metrics(m, t, s), f"finetune_size@{item}"),
-            Input(paths.finetune_curve(m, t, s), f"finetune_size@{item}"),
-            Input(paths.similarity_csv(m, t, s), f"compare_size@{item}"),
-            Input(paths.similarity_json(m, t, s), f"compare_size@{item}"),
-            Input(paths.sae_metrics(m, t, s), f"sae_size@{item}"),
-            Input(paths.features_json(m, t, s), f"features_size@{item}"),
-        ]
+    out = [i for s in seeds for i in _seed_inputs(paths, m, t, s, "_size")]
     out.append(Input(paths.finetune_metrics(m, t, SHUFFLED), f"finetune_shuffled_size@{m}-{t}"))
     out.append(Input(paths.similarity_csv(m, t, SHUFFLED), f"compare_shuffled_size@{m}-{t}"))
     return out
@@ -553,19 +552,8 @@ def _read_sae(
 def _load_seed(paths: Paths, m: str, t: str, s: int, sae_layers: list[int]) -> dict[str, Any]:
     """One (model, task, seed)'s files, keyed as :data:`PER_SEED_FILES`, each checked."""
     item = run_item(m, t, s)
-    sim = _read_similarity(paths.similarity_csv(m, t, s), m, sae_layers)
-    ft = _read_json(paths.finetune_metrics(m, t, s))
-    _require_keys(ft, FINETUNE_KEYS, paths.finetune_metrics(m, t, s), f"finetune@{item}")
-    sae = _read_sae(paths, m, t, s, sae_layers, f"sae@{item}")
-    feats = _read_json(paths.features_json(m, t, s))
-    _check_features(feats, paths.features_json(m, t, s), sae_layers, f"features@{item}")
     return {
-        "sim": sim,
-        "sim_json": _read_json(paths.similarity_json(m, t, s)),
-        "ft": ft,
-        "curve": read_csv_columns(paths.finetune_curve(m, t, s), FINETUNE_CURVE_COLUMNS),
-        "sae": sae,
-        "features": feats,
+        **_load_seed_run(paths, m, t, s, sae_layers),
         "reset": _read_reset(paths.reset_csv(m, t, s), f"reset@{item}"),
         "reset_json": _read_json(paths.reset_json(m, t, s)),
         "crosscoder": _read_crosscoder(
@@ -646,7 +634,7 @@ def _load_size_run_set(params: Params, paths: Paths, m: str, t: str) -> RunSet:
     """A size model's seeds and its shuffled-label control (similarity and fine-tune)."""
     sae_layers = sorted(params.size_models[m].layers)
     seeds = list(params.size_seeds)
-    per_seed = [_load_size_seed(paths, m, t, s, sae_layers) for s in seeds]
+    per_seed = [_load_seed_run(paths, m, t, s, sae_layers, "_size") for s in seeds]
     layers = per_seed[0]["sim"]["layer"].astype(int)
     if any(tuple(seed["sim"]["layer"].astype(int)) != tuple(layers) for seed in per_seed):
         raise StaleInputError(f"{m}/{t}: seeds disagree on the layers in similarity.csv")
@@ -683,19 +671,22 @@ def _load_size_run_set(params: Params, paths: Paths, m: str, t: str) -> RunSet:
     )
 
 
-def _load_size_seed(paths: Paths, m: str, t: str, s: int, sae_layers: list[int]) -> dict:
-    """One size-model seed: :func:`_load_seed` without the reset and crosscoder files."""
+def _load_seed_run(
+    paths: Paths, m: str, t: str, s: int, sae_layers: list[int], suffix: str = ""
+) -> dict[str, Any]:
+    """The files of :func:`_seed_inputs`, each checked (``suffix``: ``_size`` names the size
+    stages in errors): what :func:`_load_seed` reads beyond them is the full protocol's."""
     item = run_item(m, t, s)
     ft = _read_json(paths.finetune_metrics(m, t, s))
-    _require_keys(ft, FINETUNE_KEYS, paths.finetune_metrics(m, t, s), f"finetune_size@{item}")
+    _require_keys(ft, FINETUNE_KEYS, paths.finetune_metrics(m, t, s), f"finetune{suffix}@{item}")
     feats = _read_json(paths.features_json(m, t, s))
-    _check_features(feats, paths.features_json(m, t, s), sae_layers, f"features_size@{item}")
+    _check_features(feats, paths.features_json(m, t, s), sae_layers, f"features{suffix}@{item}")
     return {
         "sim": _read_similarity(paths.similarity_csv(m, t, s), m, sae_layers),
         "sim_json": _read_json(paths.similarity_json(m, t, s)),
         "ft": ft,
         "curve": read_csv_columns(paths.finetune_curve(m, t, s), FINETUNE_CURVE_COLUMNS),
-        "sae": _read_sae(paths, m, t, s, sae_layers, f"sae_size@{item}"),
+        "sae": _read_sae(paths, m, t, s, sae_layers, f"sae{suffix}@{item}"),
         "features": feats,
     }
 

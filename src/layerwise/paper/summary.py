@@ -142,11 +142,9 @@ def _claims(results: Sequence[C.ClaimResult], inputs: PaperInputs) -> list[str]:
             f"| `{r.model}` | `{r.task}` | {r.claim} {_md_cell(r.title)} | **{r.verdict}** | "
             f"{_md_cell(r.control)} | {_md_cell(r.effect_text())} | {_md_cell(r.evidence)} |"
         )
-    counts = C.tally(results)
     lines += [
         "",
-        f"Of {len(results)} verdicts: {counts[C.HOLDS]} hold, {counts[C.PARTLY]} partly, "
-        f"{counts[C.FAILS]} do not hold.",
+        _tally_line(results, "verdicts"),
         "",
         *_c3_section(results),
         "",
@@ -202,6 +200,14 @@ def _c3_section(results: Sequence[C.ClaimResult]) -> list[str]:
     return lines
 
 
+def _tally_line(results: Sequence[C.ClaimResult], what: str) -> str:
+    counts = C.tally(results)
+    return (
+        f"Of {len(results)} {what}: {counts[C.HOLDS]} hold, {counts[C.PARTLY]} partly, "
+        f"{counts[C.FAILS]} do not hold."
+    )
+
+
 def _not_supported(results: Sequence[C.ClaimResult], kind: str = "") -> list[str]:
     """Every verdict short of ``holds``, named, with the checks that failed."""
     lines = [f"What the {kind}checks do not support:" if kind else "What the data do not support:"]
@@ -249,11 +255,9 @@ def _size_claims(results: Sequence[C.ClaimResult], inputs: PaperInputs) -> list[
             f"| `{r.model}` | `{r.task}` | {r.claim} | **{r.verdict}** | "
             f"{_md_cell(r.effect_text())} | {_md_cell(r.evidence)} |"
         )
-    counts = C.tally(results)
     lines += [
         "",
-        f"Of {len(results)} one-seed verdicts: {counts[C.HOLDS]} hold, {counts[C.PARTLY]} "
-        f"partly, {counts[C.FAILS]} do not hold.",
+        _tally_line(results, "one-seed verdicts"),
         "",
         *_not_supported(results, "one-seed "),
     ]
