@@ -125,7 +125,7 @@ def plant_crosscoder(directory: Path, d_in: int) -> None:
 
 
 def planted_tree(tree: AppTree, base: Path) -> AppTree:
-    """A root with the fixture tree's params, prepared task and run-0 activation store, and
+    """A root with the fixture tree's params, prepared task and run-0 activation stores, and
     nothing else but the planted crosscoder at :data:`PLANTED_LAYER` and a ``crosscoder.json``
     naming two top FT-only latents, with the default thresholds (the crosscoder's own win)."""
     from layerwise.activations import ActivationStore
@@ -133,7 +133,11 @@ def planted_tree(tree: AppTree, base: Path) -> AppTree:
     from layerwise.paths import Paths
 
     src, dst = Paths(tree.root), Paths(base)
-    for path in (src.prepared(KEY.task), src.activations(KEY.model, KEY.task, KEY.seed)):
+    stores = (
+        src.activations(KEY.model, KEY.task, KEY.seed),
+        src.pt_activations(KEY.model, KEY.task),
+    )
+    for path in (src.prepared(KEY.task), *stores):
         shutil.copytree(path, base / path.relative_to(tree.root))
     shutil.copyfile(tree.params, base / "params.yaml")
     store = ActivationStore.open(dst.activations(KEY.model, KEY.task, KEY.seed), "analysis")

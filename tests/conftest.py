@@ -208,6 +208,6 @@ def keyword_splits(directory: Path, n: int, max_train: int, max_val: int, max_an
 
 @pytest.fixture(scope="module")
 def stages() -> dict[str, ModuleType]:
-    """The prepare, finetune and compare stage scripts, imported once per test module (a test
-    file may define its own ``stages`` fixture instead)."""
-    return {name: load_stage(name) for name in ("prepare", "finetune", "compare")}
+    """The prepare, finetune, pt_store and compare stage scripts, imported once per test module
+    (a test file may define its own ``stages`` fixture instead)."""
+    return {name: load_stage(name) for name in ("prepare", "finetune", "pt_store", "compare")}

@@ -10,6 +10,7 @@ import pytest
 
 from layerwise.activations import (
     INDEX_COLUMNS,
+    PT_LINK,
     STORE_DTYPE,
     ActivationStore,
     StoreWriter,
@@ -147,3 +148,47 @@ def test_unknown_layer_names_the_stores_present(tmp_path: Path) -> None:
     store = ActivationStore.open(tmp_path, "analysis")
     with pytest.raises(KeyError, match=r"no 'pt_L5'.*\['pt_L1', 'pt_L2', 'ft_L1', 'ft_L2'\]"):
         store.acts("pt_L5")
+
+
+def _write_half(folder: Path, which: str, values: np.ndarray, index: np.ndarray, **meta) -> None:
+    name = store_name(which, 1)
+    writer = StoreWriter(folder, [name], n_tokens=len(values), dim=values.shape[1])
+    writer.write(0, {name: values}, index)
+    writer.close({"n_texts": 1, **meta})
+
+
+def test_linked_store_reads_both_halves_as_one(tmp_path: Path) -> None:
+    """A run's FT store that links to the shared PT store (``meta[PT_LINK]``) reads as one
+    store: both names, each half's own rows, the FT store's index; ``complete`` says so."""
+    rng = np.random.default_rng(1)
+    pt, ft = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    index = _index_rows(4)
+    _write_half(tmp_path / "pt" / "train", "pt", pt, index)
+    assert not ActivationStore.complete(tmp_path / "s0", "train")
+    _write_half(tmp_path / "s0" / "train", "ft", ft, index, **{PT_LINK: "../pt"})
+    store = ActivationStore.open(tmp_path / "s0", "train")
+    assert store.names == ["ft_L1", "pt_L1"]
+    np.testing.assert_array_equal(store.acts("pt_L1"), pt.astype(STORE_DTYPE))
+    np.testing.assert_array_equal(store.acts("ft_L1"), ft.astype(STORE_DTYPE))
+    assert ActivationStore.complete(tmp_path / "s0", "train")
+    assert not ActivationStore.complete(tmp_path / "s0", "analysis")
+
+
+def test_linked_store_missing_names_the_pt_store_stage(tmp_path: Path) -> None:
+    """A run's store whose PT half is gone fails on open, naming the pt_store stage."""
+    _write_half(tmp_path / "s0" / "train", "ft", np.zeros((2, 3)), _index_rows(2), pt_store="../pt")
+    assert not ActivationStore.complete(tmp_path / "s0", "train")
+    with pytest.raises(FileNotFoundError, match=r"PT half .* missing.*pt_store stage"):
+        ActivationStore.open(tmp_path / "s0", "train")
+
+
+@pytest.mark.parametrize("change", ["fewer rows", "other tokens"])
+def test_linked_store_of_other_tokens_is_refused(tmp_path: Path, change: str) -> None:
+    """A PT store that indexes other tokens than the run's (another token budget, another data
+    seed) is refused on open rather than paired row by row with the wrong tokens."""
+    index = _index_rows(4)
+    pt_index = index[:3] if change == "fewer rows" else index + np.array([0, 0, 1], np.int32)
+    _write_half(tmp_path / "pt" / "train", "pt", np.zeros((len(pt_index), 3)), pt_index)
+    _write_half(tmp_path / "s0" / "train", "ft", np.zeros((4, 3)), index, pt_store="../pt")
+    with pytest.raises(FileNotFoundError, match=r"holds other tokens than the FT store"):
+        ActivationStore.open(tmp_path / "s0", "train")

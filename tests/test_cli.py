@@ -25,6 +25,7 @@ def test_full_protocol_model_names_its_stages() -> None:
     control = parse("--model", full, "--task", "topic", "--control", "shuffled")
     assert control.stage_name("finetune") == f"finetune_shuffled@{full}-topic"
     assert control.seed == load_params(REPO_PARAMS).seeds[0]
+    assert control.task_stage_name("pt_store") == f"pt_store@{full}-topic"
 
 
 def test_size_model_names_its_size_stages_and_trains_its_control_with_its_seed() -> None:
@@ -35,6 +36,7 @@ def test_size_model_names_its_size_stages_and_trains_its_control_with_its_seed()
     control = parse("--model", size, "--task", "rating", "--control", "shuffled")
     assert control.stage_name("compare") == f"compare_shuffled_size@{size}-rating"
     assert control.seed == p.size_seeds[0]
+    assert args.task_stage_name("pt_store") == f"pt_store_size@{size}-rating"
 
 
 def test_size_model_refuses_a_seed_it_does_not_run() -> None:

@@ -22,6 +22,7 @@ from conftest import REPO_PARAMS, keyword_splits, write_keyword_csv
 
 from layerwise import data, io
 from layerwise.activations import (
+    PT_LINK,
     ActivationStore,
     PairedEncoders,
     length_sorted_batches,
@@ -262,6 +263,7 @@ def stage(
         mp.chdir(base)  # MLflow puts a new experiment's artifacts under <cwd>/mlruns
         stages["prepare"].main(["--task", "kw", "--params", str(params), "--root", str(root)])
         stages["finetune"].main(stage_argv(params, root))
+        stages["pt_store"].main(stage_argv(params, root)[:4] + stage_argv(params, root)[6:])
         summary = stages["compare"].main(stage_argv(params, root))
     paths = Paths(root)
     with paths.similarity_csv("tiny", "kw", 0).open() as fh:
@@ -381,6 +383,28 @@ def test_store_rows_are_hidden_states_at_their_layer(stage: SimpleNamespace) -> 
                 if not torch.allclose(stored, other, rtol=1e-2, atol=1e-2):
                     mismatches["other model"] += 1
     assert mismatches == {"L-1": 4 * len(ids), "other model": 4 * len(ids)}
+
+
+def test_run_store_holds_the_ft_half_linked_to_the_shared_pt_store(
+    stage: SimpleNamespace,
+) -> None:
+    """compare stores the FT layers only and links each split to pt_store's PT half of the
+    same tokens (one PT store per model and task, whatever the seed): the linked store reads
+    both halves, and the PT half is pt_store's own file, not a copy."""
+    pt_root = stage.paths.pt_activations("tiny", "kw")
+    for split in ("analysis", "train"):
+        meta = json.loads((stage.store / split / "meta.json").read_text())
+        assert meta["stores"] == ["ft_L1", "ft_L2"]
+        assert meta[PT_LINK] == "../pt"
+        assert sorted(p.name for p in (stage.store / split).glob("pt_*")) == []
+        store = ActivationStore.open(stage.store, split)
+        assert store.names == ["ft_L1", "ft_L2", "pt_L1", "pt_L2"]
+        linked = Path(store.acts("pt_L2").filename).resolve()
+        assert linked == (pt_root / split / "pt_L2.npy").resolve()
+        assert json.loads((pt_root / split / "meta.json").read_text())["stores"] == [
+            "pt_L1",
+            "pt_L2",
+        ]
 
 
 def test_store_index_maps_rows_to_tokens(stage: SimpleNamespace) -> None:

@@ -78,7 +78,7 @@ def upstream(
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
         mp.chdir(base)
-        run_pipeline(params, root, ("prepare", "finetune", "compare"))
+        run_pipeline(params, root, ("prepare", "finetune", "pt_store", "compare"))
     return SimpleNamespace(root=root, raw=raw, params=params, base=base)
 
 

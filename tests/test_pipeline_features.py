@@ -71,7 +71,7 @@ def upstream(
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
         mp.chdir(base)
-        run_pipeline(params, root, ("prepare", "finetune", "compare", "sae"))
+        run_pipeline(params, root, ("prepare", "finetune", "pt_store", "compare", "sae"))
     features = load_params(params).features
     return SimpleNamespace(root=root, params=params, model_dir=tiny_bert_dir, features=features)
 
@@ -184,6 +184,19 @@ def test_missing_sae_names_the_sae_stage(
         run_stage("features", upstream.params, repo)
     shutil.rmtree(paths.saes(*KEY))
     with pytest.raises(FileNotFoundError, match=r"made by the sae@tiny-kw-0 stage"):
+        run_stage("features", upstream.params, repo)
+    assert not paths.features_metrics(*KEY).exists()
+    assert not paths.features_json(*KEY).exists()
+
+
+def test_missing_pt_store_names_the_pt_store_stage(
+    upstream: SimpleNamespace, repo: Path, mlflow_uri: str
+) -> None:
+    """Without the shared PT store the run's store links to, the stage fails before any work,
+    naming the pt_store stage of the model and task, and writes no features output."""
+    paths = Paths(repo)
+    shutil.rmtree(paths.pt_activations(*KEY[:2]))
+    with pytest.raises(FileNotFoundError, match=r"made by the pt_store@tiny-kw stage"):
         run_stage("features", upstream.params, repo)
     assert not paths.features_metrics(*KEY).exists()
     assert not paths.features_json(*KEY).exists()

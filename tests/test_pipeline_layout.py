@@ -54,6 +54,8 @@ PATH_TEMPLATES: dict[str, Callable[[Paths, Any], Path]] = {
         lambda p, i: p.finetune_curve(**i)
     ),
     "data/activations/${item.model}/${item.task}/s${item.seed}": lambda p, i: p.activations(**i),
+    "data/activations/${item.model}/${item.task}/pt": lambda p, i: p.pt_activations(**i),
+    "metrics/pt_store/${item.model}/${item.task}.json": lambda p, i: p.pt_store_metrics(**i),
     "results/${item.model}/${item.task}/s${item.seed}/similarity.json": (
         lambda p, i: p.similarity_json(**i)
     ),

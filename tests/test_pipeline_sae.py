@@ -66,7 +66,7 @@ def write_params(path: Path, csv_path: Path, model_dir: Path) -> Path:
 
 def argv(stage: str, params: Path, root: Path) -> list[str]:
     keys = ["--task", "kw"] if stage == "prepare" else ["--model", "tiny", "--task", "kw"]
-    seed = [] if stage == "prepare" else ["--seed", "0"]
+    seed = [] if stage in ("prepare", "pt_store") else ["--seed", "0"]
     return [*keys, *seed, "--params", str(params), "--root", str(root)]
 
 
@@ -74,7 +74,7 @@ def argv(stage: str, params: Path, root: Path) -> list[str]:
 def upstream(
     tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory, _mlflow_template_db: Path
 ) -> SimpleNamespace:
-    """prepare, finetune and compare of tiny-kw-0, run once into a template repo."""
+    """prepare, finetune, pt_store and compare of tiny-kw-0, run once into a template repo."""
     base = tmp_path_factory.mktemp("sae_upstream")
     params = write_params(base / "params.yaml", write_keyword_csv(base / "kw.csv"), tiny_bert_dir)
     root = base / "repo"
@@ -83,7 +83,7 @@ def upstream(
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
         mp.chdir(base)
-        for stage in ("prepare", "finetune", "compare"):
+        for stage in ("prepare", "finetune", "pt_store", "compare"):
             load_stage(stage).main(argv(stage, params, root))
     return SimpleNamespace(root=root, params=params)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,28 +114,67 @@ def store_name(which: str, layer: int) -> str:
     return f"{which}_L{layer}"
 
 
+PT_LINK = "pt_store"
+"""Meta key of a run's store naming the folder (relative to the run's store root) that holds
+its PT half: the PT encoder does not depend on the fine-tuning seed, so one PT store per (model,
+task) serves every seed and control (the ``pt_store`` stage)."""
+
+
 @dataclass
 class ActivationStore:
-    """Token activations of one split: ``acts[name]`` is [N, D] (memmap), ``index`` [N, 3]."""
+    """Token activations of one split: ``acts[name]`` is [N, D] (memmap), ``index`` [N, 3].
+
+    A run's store holds the FT layers and links (``meta[PT_LINK]``) to the shared PT store of
+    the same tokens; both halves read as one store, checked to index the same tokens."""
 
     root: Path
     split: str
     meta: dict[str, Any]
+    linked: dict[str, Path] = field(default_factory=dict)
+    """Store name -> folder, for the names read from a linked store."""
 
     @classmethod
     def open(cls, root: str | Path, split: str) -> ActivationStore:
         root = Path(root)
-        meta_path = root / split / "meta.json"
+        meta = _read_meta(root / split)
+        store = cls(root, split, meta)
+        if PT_LINK in meta:
+            store._link(root / meta[PT_LINK] / split)
+        return store
+
+    @staticmethod
+    def complete(root: str | Path, split: str) -> bool:
+        """Whether the split's store exists with the PT store it links to (files only)."""
+        meta_path = Path(root) / split / "meta.json"
         if not meta_path.is_file():
+            return False
+        link = json.loads(meta_path.read_text()).get(PT_LINK)
+        return link is None or (Path(root) / link / split / "meta.json").is_file()
+
+    def _link(self, folder: Path) -> None:
+        """Read ``folder``'s stores as this store's, after checking it indexes the same
+        tokens (same texts, positions and token ids, row for row)."""
+        if not (folder / "meta.json").is_file():
             raise MissingInputError(
-                f"no activation store at {root / split}: it is made by the compare stage "
-                "(run `dvc repro compare@<model>-<task>-<seed>`)"
+                f"activation store {self.root / self.split} takes its PT half from "
+                f"{folder.resolve()}, which is missing: it is made by the pt_store stage "
+                "(run `dvc repro pt_store@<model>-<task>`)"
             )
-        return cls(root, split, json.loads(meta_path.read_text()))
+        other = json.loads((folder / "meta.json").read_text())
+        same = other["n_tokens"] == self.n_tokens and np.array_equal(
+            np.load(folder / "index.npy", mmap_mode="r"), self.index
+        )
+        if not same:
+            raise MissingInputError(
+                f"the PT store {folder.resolve()} holds other tokens than the FT store "
+                f"{self.root / self.split}: rerun pt_store and compare for this model and task"
+            )
+        folder = folder.resolve()
+        self.linked = {name: folder for name in other["stores"] if name not in self.meta["stores"]}
 
     @property
     def names(self) -> list[str]:
-        return list(self.meta["stores"])
+        return list(self.meta["stores"]) + list(self.linked)
 
     @property
     def n_tokens(self) -> int:
@@ -146,12 +185,13 @@ class ActivationStore:
         return int(self.meta["n_texts"])
 
     def acts(self, name: str) -> np.ndarray:
-        if name not in self.meta["stores"]:
+        if name not in self.names:
             raise KeyError(
                 f"activation store {self.root / self.split} has no {name!r}; it holds "
                 f"{self.names} (layers are set by models.<m>.layers; rerun compare)"
             )
-        return np.load(self.root / self.split / f"{name}.npy", mmap_mode="r")
+        folder = self.linked.get(name, self.root / self.split)
+        return np.load(folder / f"{name}.npy", mmap_mode="r")
 
     @property
     def index(self) -> np.ndarray:
@@ -159,6 +199,16 @@ class ActivationStore:
 
     def column(self, name: str) -> np.ndarray:
         return np.asarray(self.index[:, INDEX_COLUMNS.index(name)])
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise MissingInputError(
+            f"no activation store at {folder}: it is made by the compare stage "
+            "(run `dvc repro compare@<model>-<task>-<seed>`)"
+        )
+    return json.loads(meta_path.read_text())
 
 
 class StoreWriter:
@@ -231,21 +281,36 @@ def budget_texts(lengths: list[int], budget: int, seed: int) -> tuple[np.ndarray
     return np.sort(np.asarray(chosen, dtype=np.int64)), total
 
 
+SIDES = ("pt", "ft")
+
+
 @dataclass
 class PairedEncoders:
-    """The PT encoder and the FT classifier's encoder, run on the same batches."""
+    """The PT encoder and the FT classifier's encoder, run on the same batches (``ft`` may be
+    ``None`` where only the PT side is needed: the shared PT store)."""
 
     pt: Any
     ft: Any
     device: Any
 
-    def hidden_states(self, batch: dict[str, torch.Tensor]) -> tuple[tuple, tuple]:
+    @property
+    def config(self) -> Any:
+        return self.pt.config
+
+    def states(self, batch: dict[str, torch.Tensor], sides: tuple[str, ...]) -> dict[str, tuple]:
+        """Every layer's hidden states of the ``sides`` encoders (``pt`` first)."""
         import torch
 
         with torch.inference_mode():
-            pt = self.pt(**batch, output_hidden_states=True).hidden_states
-            ft = self.ft(**batch, output_hidden_states=True).hidden_states
-        return pt, ft
+            return {
+                side: getattr(self, side)(**batch, output_hidden_states=True).hidden_states
+                for side in SIDES
+                if side in sides
+            }
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> tuple[tuple, tuple]:
+        both = self.states(batch, SIDES)
+        return both["pt"], both["ft"]
 
 
 def write_store(
@@ -260,13 +325,16 @@ def write_store(
     on_batch: Any = None,
     progress: str | None = None,
     batches: list[np.ndarray] | None = None,
+    sides: tuple[str, ...] = SIDES,
 ) -> int:
-    """Store PT and FT token activations of ``layers`` for every non-padding token of the
-    given texts ([CLS]/[SEP] included: the classifier reads [CLS], so SAE splicing must cover it).
+    """Store the ``sides`` (PT and/or FT) token activations of ``layers`` for every non-padding
+    token of the given texts ([CLS]/[SEP] included: the classifier reads [CLS], so SAE splicing
+    must cover it).
 
     ``text_ids`` are the texts' indices in their split (recorded in the index); ``on_batch(
     pt_states, ft_states, batch, idx)`` lets the caller reuse the same forward pass (the
-    similarity statistics of the analysis split), so no text is run through a model twice.
+    similarity statistics of the analysis split), so no text is run through a model twice: with
+    it both encoders run, whatever ``sides`` stores; without it only the stored sides run.
     ``batches`` (text index arrays) default to :func:`length_sorted_batches`.
     """
     import torch
@@ -274,8 +342,8 @@ def write_store(
 
     lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
     n_tokens = int(lengths.sum())
-    dim = encoders.pt.config.hidden_size
-    names = [store_name(w, layer) for w in ("pt", "ft") for layer in layers]
+    dim = encoders.config.hidden_size
+    names = [store_name(w, layer) for w in sides for layer in layers]
     writer = StoreWriter(directory, names, n_tokens, dim)
     # Rows are grouped by text in split order, whatever order the batches come in: each text's
     # row offset is known up front, and so is the whole index.
@@ -293,18 +361,18 @@ def write_store(
         batches = length_sorted_batches(lengths, batch_size)
     for idx in tqdm(batches, desc=progress, disable=progress is None, unit="batch"):
         batch = pad_batch([token_ids[i] for i in idx], pad_id, encoders.device)
-        pt, ft = encoders.hidden_states(batch)
+        states = encoders.states(batch, SIDES if on_batch is not None else sides)
         if on_batch is not None:
-            on_batch(pt, ft, batch, idx)
+            on_batch(states["pt"], states["ft"], batch, idx)
         # Row indices of the non-padding tokens, once per batch: one index_select per store
         # (rows come out text by text, in position order), then a slice copy per text into the
         # memmap.
         tokens = batch["attention_mask"].reshape(-1).nonzero().squeeze(1)
         bounds = np.concatenate([[0], np.cumsum(lengths[idx])])
-        for which, states in (("pt", pt), ("ft", ft)):
+        for which in sides:
             for layer in layers:
                 name = store_name(which, layer)
-                flat = states[layer].reshape(-1, dim).index_select(0, tokens)
+                flat = states[which][layer].reshape(-1, dim).index_select(0, tokens)
                 # One reduction checks both: NaN propagates through amax, inf exceeds the max.
                 peak = float(flat.abs().amax())
                 if not peak <= fp16_max:
@@ -320,3 +388,109 @@ def write_store(
         writer.written += int(bounds[-1])
     writer.close({**meta, "n_texts": len(token_ids), "layers": layers, "dim": dim})
     return n_tokens
+
+
+# --------------------------------------------------------------------------------------------
+# The stores of a (model, task): the same tokens for every run and for the shared PT half
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StorePlan:
+    """Which tokens a (model, task)'s activation stores hold, in which batches.
+
+    The plan depends on the tokenizer, the texts and the data seed only, never on the fine-tune:
+    every seed's and control's FT store and the shared PT store follow it, so their rows align
+    token for token (and batch for batch, so the PT rows are the same bytes whichever stage
+    computed them)."""
+
+    analysis_ids: list[list[int]]
+    analysis_batches: list[np.ndarray]
+    train_ids: list[list[int]]
+    """The token ids of the train texts chosen for the store, in split order."""
+    train_text_ids: np.ndarray
+    """Their indices in the train split."""
+    batch_size: int
+    pad_id: int
+    meta: dict[str, Any]
+    """What every split's meta.json holds (tokenisation, special ids, the PT link)."""
+    split_meta: dict[str, dict[str, Any]]
+    """What each split's meta.json adds (labels, the token budget)."""
+
+    def link(self, pt_folder: str) -> None:
+        """Store the FT half only, linked to the PT store at ``pt_folder`` (relative to the
+        run's store root)."""
+        self.meta[PT_LINK] = pt_folder
+
+
+def plan_stores(
+    tokenizer: Any,
+    splits: Any,
+    max_length: int,
+    batch_size: int,
+    token_budget: int,
+    token_seed: int,
+) -> StorePlan:
+    """Every analysis text, and a ``token_seed``-seeded subset of train texts within
+    ``token_budget`` tokens (:func:`budget_texts`)."""
+    analysis, train = splits["analysis"], splits["train"]
+    ids = tokenize_texts(tokenizer, list(analysis["text"]), max_length)
+    train_ids = tokenize_texts(tokenizer, list(train["text"]), max_length)
+    chosen, _ = budget_texts([len(x) for x in train_ids], token_budget, token_seed)
+    return StorePlan(
+        analysis_ids=ids,
+        analysis_batches=length_sorted_batches([len(x) for x in ids], batch_size),
+        train_ids=[train_ids[i] for i in chosen],
+        train_text_ids=chosen,
+        batch_size=batch_size,
+        pad_id=tokenizer.pad_token_id,
+        meta={"max_length": max_length, "special_ids": sorted(set(tokenizer.all_special_ids))},
+        split_meta={
+            "analysis": {"split": "analysis", "labels": list(analysis["label"])},
+            "train": {
+                "split": "train",
+                "labels": np.asarray(train["label"])[chosen].tolist(),
+                "token_budget": token_budget,
+            },
+        },
+    )
+
+
+def write_plan(
+    encoders: PairedEncoders,
+    plan: StorePlan,
+    layers: list[int],
+    store_dir: Path,
+    sides: tuple[str, ...],
+    on_analysis_batch: Any = None,
+    progress: bool = True,
+) -> tuple[int, int]:
+    """Both splits' stores of ``sides`` under ``store_dir``; ``on_analysis_batch`` sees every
+    analysis batch's PT and FT states (:func:`write_store`). Returns the token counts."""
+    n_analysis = write_store(
+        encoders,
+        plan.analysis_ids,
+        np.arange(len(plan.analysis_ids)),
+        layers,
+        store_dir / "analysis",
+        plan.batch_size,
+        plan.pad_id,
+        {**plan.meta, **plan.split_meta["analysis"]},
+        on_batch=on_analysis_batch,
+        progress=f"analysis ({'+'.join(sides)})" if progress else None,
+        batches=plan.analysis_batches,
+        sides=sides,
+    )
+    n_train = write_store(
+        encoders,
+        plan.train_ids,
+        plan.train_text_ids,
+        layers,
+        store_dir / "train",
+        plan.batch_size,
+        plan.pad_id,
+        {**plan.meta, **plan.split_meta["train"]},
+        progress=f"train ({'+'.join(sides)})" if progress else None,
+        sides=sides,
+    )
+    return n_analysis, n_train

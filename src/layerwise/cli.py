@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layerwise import tracking
+from layerwise import io, tracking
 from layerwise.config import ConfigError, Params, load_params, section_dict
 from layerwise.errors import UserError
 from layerwise.paths import Paths
@@ -54,6 +54,20 @@ class StageArgs:
         if self.control is not None:
             return f"{stage}_{self.control}{size}@{self.model}-{self.task}"
         return f"{stage}{size}@{self.item}"
+
+    def task_stage_name(self, stage: str) -> str:
+        """The DVC stage of a per-(model, task) ``stage`` (``pt_store@m-t``, or
+        ``pt_store_size@m-t`` for a size model)."""
+        size = "_size" if self.model and self.params.is_size_model(self.model) else ""
+        return f"{stage}{size}@{self.model}-{self.task}"
+
+    def require_store(self) -> Path:
+        """This run's activation store, after checking that it and the shared PT store it links
+        to exist: a missing one names the stage that makes it, before any work starts."""
+        paths = Paths(self.root)
+        root = io.require(paths.activations(*self.key), self.stage_name("compare"))
+        io.require(paths.pt_activations(*self.key[:2]), self.task_stage_name("pt_store"))
+        return root
 
     @property
     def key(self) -> tuple[str, str, int | str]:

@@ -76,6 +76,13 @@ class Paths:
     def activations(self, model: str, task: str, seed: Run) -> Path:
         return self.run_dir("data/activations", model, task, seed)
 
+    # pt_store@<model>-<task>: the PT half of every run's store (linked from its meta.json)
+    def pt_activations(self, model: str, task: str) -> Path:
+        return self.root / "data" / "activations" / model / task / "pt"
+
+    def pt_store_metrics(self, model: str, task: str) -> Path:
+        return self.root / "metrics" / "pt_store" / model / f"{task}.json"
+
     # sae@<model>-<task>-<seed>
     def saes(self, model: str, task: str, seed: Run) -> Path:
         return self.run_dir("models", model, task, seed) / "sae"

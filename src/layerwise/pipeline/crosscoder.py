@@ -432,7 +432,7 @@ def run(args: StageArgs) -> dict:
     p, paths = args.params, Paths(args.root)
     model_def = p.model(args.model)
     layers = model_def.layers
-    store_root = io.require(paths.activations(*args.key), args.stage_name("compare"))
+    store_root = args.require_store()
     ft_dir = io.require(paths.finetuned(*args.key), args.stage_name("finetune"))
     stores = PairedStores.open(store_root, layers)
     check_crosscoder_params(p.crosscoder, stores.dim)

@@ -111,7 +111,7 @@ def run(args: StageArgs) -> dict:
     p, paths = args.params, Paths(args.root)
     model_def = p.model(args.model)
     key = args.key
-    store_root = io.require(paths.activations(*key), args.stage_name("compare"))
+    store_root = args.require_store()
     sae_root = io.require(paths.saes(*key), args.stage_name("sae"))
     analysis = model_splits(paths.prepared(args.task), model_def, p.seed)["analysis"]
     split = AnalysisSplit(

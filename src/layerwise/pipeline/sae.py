@@ -324,7 +324,7 @@ def run(args: StageArgs) -> dict:
     p, paths = args.params, Paths(args.root)
     layers = p.model(args.model).layers
     sae_params = model_sae_params(p.sae, p.model(args.model))
-    store_root = io.require(paths.activations(*args.key), args.stage_name("compare"))
+    store_root = args.require_store()
     ft_dir = io.require(paths.finetuned(*args.key), args.stage_name("finetune"))
     check_inputs(args, store_root, ft_dir)
     device = pick_device(p.device)
