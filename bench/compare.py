@@ -1,9 +1,10 @@
 """Extraction overhead: the compare stage's analysis pass against a bare PT+FT forward loop.
 
-The stage's analysis pass (``layerwise.pipeline.compare.run_compare`` -> ``write_store``) runs
-the PT and the FT encoder on every length-sorted batch, feeds all hidden states to the
-similarity accumulator (cosine, CKA moments, pooled sums) and writes the SAE layers' token
-activations to a memory-mapped store. Its cost above the two forward passes is our overhead.
+The stage's analysis pass (``layerwise.pipeline.compare.run_compare`` -> ``write_plan`` ->
+``write_store``) runs the PT and the FT encoder on every length-sorted batch, feeds all hidden
+states to the similarity accumulator (cosine, CKA moments, pooled sums) and writes the SAE
+layers' token activations to a memory-mapped store. Its cost above the two forward passes is
+our overhead.
 The bare loop runs ``model(**batch, output_hidden_states=True)`` for both encoders on the same
 padded batches (same length-sorted order and batch size) and nothing else. The figure is the
 throughput ratio stage / bare (target >= 0.9), one per interleaved pair of runs: the machine is
@@ -130,9 +131,10 @@ def stage_pass(inputs: Inputs, store_dir: Path, n: int | None = None) -> tuple[f
     split, with the similarity accumulator as ``on_batch``) is timed, with the callback timed
     inside it, then :class:`_AnalysisDone` stops the stage before the train store, CIs, probes.
     """
+    import layerwise.activations as activations_module
     import layerwise.pipeline.compare as compare_module
 
-    original = compare_module.write_store
+    original = activations_module.write_store
     signature = inspect.signature(original)
     seconds: list[float] = []
     update = [0.0]
@@ -155,7 +157,7 @@ def stage_pass(inputs: Inputs, store_dir: Path, n: int | None = None) -> tuple[f
         raise _AnalysisDone(written)
 
     analysis = inputs.analysis.select(range(min(n, len(inputs.analysis)))) if n else inputs.analysis
-    compare_module.write_store = timed_write_store
+    activations_module.write_store = timed_write_store
     try:
         compare_module.run_compare(
             inputs.encoders,
@@ -171,7 +173,7 @@ def stage_pass(inputs: Inputs, store_dir: Path, n: int | None = None) -> tuple[f
     except _AnalysisDone:
         pass
     finally:
-        compare_module.write_store = original
+        activations_module.write_store = original
     if len(seconds) != 1:
         raise RuntimeError("run_compare never wrote its analysis store")
     return seconds[0], update[0]

@@ -71,8 +71,9 @@ QUICK_PARAMS: dict[str, Any] = {
 }
 """--quick sizes for the copy's params: every stage runs, each in seconds."""
 EXP_VALUES = (0.25, 0.3, 0.35, 0.4, 0.45)
-EXP_RERUN = ("sae@", "features@", "sae_size@", "features_size@", "paper")
-"""Every stage downstream of the ``sae`` params, in both protocols (models, size_models)."""
+EXP_RERUN = ("sae@", "sae_baseline@", "features@", "sae_size@", "features_size@", "paper")
+"""Every stage downstream of the ``sae`` params, in both protocols (models, size_models): the
+SAEs, what reads them (the seed baseline of their overlap, the features) and the paper."""
 NOOP_RUNS = 3
 COLD_TARGET_S = 15 * 60.0
 FINETUNE_TARGET_S = 8 * 60.0

@@ -217,29 +217,30 @@ def run_compare(
     if pt_link is not None:
         plan.link(pt_link)
         sides = ("ft",)
-    acc, picked = _similarity_statistics(encoders, plan, params, pooling)
+    stats = _similarity_statistics(encoders, plan, params, pooling)
     n_analysis, n_train = write_plan(
-        encoders, plan, layers, store_dir, sides, on_analysis_batch=acc.on_batch, progress=progress
+        encoders, plan, layers, store_dir, sides, on_analysis_batch=stats.update, progress=progress
     )
-    rows = acc.result(n_boot=params.n_boot, seed=seed, confidence=params.confidence)
+    rows = stats.acc.result(n_boot=params.n_boot, seed=seed, confidence=params.confidence)
     labels = np.asarray(splits["analysis"]["label"])
-    _add_depth_and_probes(rows, picked or acc.acc, labels, params, seed)
+    _add_depth_and_probes(rows, stats.picked or stats.acc, labels, params, seed)
     summary = summarise(rows, layers)
     summary["n_texts"] = len(plan.analysis_ids)
-    summary["n_tokens"] = acc.acc.n_tokens
+    summary["n_tokens"] = stats.acc.n_tokens
     return CompareResult(rows, summary, n_analysis, n_train, pooling)
 
 
 @dataclass
 class _Statistics:
-    """The similarity accumulator and the per-batch update that feeds it."""
+    """The similarity accumulator (and, unless the probes read token means, the token they
+    read), fed batch by batch from the analysis store's forward passes."""
 
     acc: LayerSimilarityAccumulator
     picked: PositionPool | None
     exclude_special: bool
     special_ids: list[int]
 
-    def on_batch(self, pt: tuple, ft: tuple, batch: dict, idx: np.ndarray) -> None:
+    def update(self, pt: tuple, ft: tuple, batch: dict, idx: np.ndarray) -> None:
         mask = batch["attention_mask"].bool()
         if self.picked is not None:
             self.picked.update(pt, ft, batch["attention_mask"], idx)
@@ -247,15 +248,11 @@ class _Statistics:
             mask &= ~special_token_mask(batch["input_ids"], self.special_ids)
         self.acc.update(pt, ft, mask, idx)
 
-    def result(self, **kwargs: Any) -> list[dict[str, Any]]:
-        return self.acc.result(**kwargs)
-
 
 def _similarity_statistics(
     encoders: PairedEncoders, plan: StorePlan, params: CompareParams, pooling: str = "mean"
-) -> tuple[_Statistics, PositionPool | None]:
-    """Streaming similarity statistics over the analysis batches (and, unless the probes read
-    token means, the token they read), fed from the analysis store's forward passes."""
+) -> _Statistics:
+    """Empty streaming similarity statistics sized for the plan's analysis batches."""
     # torch loads only once the work starts, so parsing and validating stay cheap.
     import torch
 
@@ -276,8 +273,7 @@ def _similarity_statistics(
     if pooling != "mean":
         dims = (acc.n_layers, n_texts, encoders.config.hidden_size)
         picked = PositionPool(*dims, position=pooling)
-    stats = _Statistics(acc, picked, params.exclude_special, plan.meta["special_ids"])
-    return stats, picked
+    return _Statistics(acc, picked, params.exclude_special, plan.meta["special_ids"])
 
 
 def _add_depth_and_probes(
