@@ -78,8 +78,8 @@ CAPTIONS: dict[str, str] = {
         "CKA, one panel per task: PT vs FT (solid, seed mean with band), the FT-vs-FT seed "
         "band (grey, min-max over seed pairs: how far apart two equally good fine-tunes are) "
         "and PT vs the shuffled-label fine-tune (dashed: optimisation without the task); "
-        "dash-dot: the paper's bert-base IMDB cosine at the same relative depth; thin "
-        "verticals: SAE layers."
+        "dash-dot: the paper's bert-base cosine on the dataset the task stands for (IMDB, "
+        "Spotify reviews, news) at the same relative depth; thin verticals: SAE layers."
     ),
     "similarity_across_models": (
         "Token cosine vs relative depth (layer/L), one panel per task: our model(s) in colour "
@@ -264,24 +264,27 @@ def _similarity_panel(ax: Axes, rs: RunSet, metric: str, colour: str) -> None:
     ax.plot(x, rs.shuffled_similarity[metric], color=colour, **SHUFFLED_STYLE)
     text_ci = (rs.sim(f"{metric}_lo"), rs.sim(f"{metric}_hi"))
     _mean_with_band(ax, rs, x, rs.sim(metric), text_ci, colour, marker="o", ms=4)
-    if metric == "cosine":
-        depth = np.linspace(0, 1, 13)
-        ax.plot(depth * rs.n_layers, paper_reference_cosine(depth), **REFERENCE_STYLE)
+    depth = np.linspace(0, 1, 13)
+    reference = paper_reference_cosine(depth, rs.task)
+    if metric == "cosine" and reference is not None:
+        ax.plot(depth * rs.n_layers, reference, **REFERENCE_STYLE)
     ax.set_xticks(x)
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_title(f"{rs.task} ({rs.model})")
     ax.set_ylim(top=1.02)
 
 
-def _similarity_handles(colour: str, metric: str, n_seeds: int) -> list[Any]:
+def _similarity_handles(colour: str, metric: str, n_seeds: int, task: str) -> list[Any]:
     floor = "FT vs FT, seed pairs (min-max)" if n_seeds > 1 else "FT vs FT: needs 2+ seeds"
     handles = [
         Line2D([], [], color=colour, marker="o", ms=4, label="PT vs FT (seed mean)"),
         Line2D([], [], color=colour, **SHUFFLED_STYLE, label="PT vs FT-shuffled (control)"),
         Patch(facecolor=FLOOR_COLOUR, alpha=0.35, label=floor),
     ]
-    if metric == "cosine":
-        handles.append(Line2D([], [], **REFERENCE_STYLE, label=f"paper: {PAPER_MODEL}, IMDB"))
+    dataset = PAPER_DATASET_FOR_TASK.get(task)
+    if metric == "cosine" and dataset is not None:
+        label = f"paper: {PAPER_MODEL}, {dataset}"
+        handles.append(Line2D([], [], **REFERENCE_STYLE, label=label))
     return handles
 
 
@@ -298,7 +301,7 @@ def layerwise_similarity(inputs: PaperInputs) -> Figure:
                 ax = axes[2 * i + r][j]
                 _similarity_panel(ax, inputs.run(m, t), metric, colours[t])
                 ax.set_ylabel(what)
-                handles = _similarity_handles(colours[t], metric, inputs.n_seeds)
+                handles = _similarity_handles(colours[t], metric, inputs.n_seeds, t)
                 ax.legend(handles=handles, loc="best")
     fig.suptitle(
         "PT vs FT against seed noise and the shuffled-label control\n" + _band_note(inputs)

@@ -23,23 +23,6 @@ PAPER_DATASET_FOR_TASK: dict[str, str] = {
 }
 """Our task key -> the paper dataset it stands for: the paper's IMDB, Spotify reviews and news
 set are not installable offline, so each task uses a packaged dataset of the same kind."""
-PAPER_REPORTED_COSINE_BERT_BASE_IMDB: tuple[float, ...] = (
-    0.999,
-    0.992,
-    0.977,
-    0.962,
-    0.940,
-    0.900,
-    0.868,
-    0.836,
-    0.806,
-    0.751,
-    0.704,
-    0.654,
-    0.494,
-)
-"""The paper's PT-vs-FT token cosine for bert-base on IMDB, layers 0..12."""
-
 PAPER_SIZES: dict[str, str] = {
     "base": "bert-base-uncased, 12 layers",
     "medium": "compact BERT, 8 layers",
@@ -127,9 +110,13 @@ def paper_layer_similarity(dataset: str) -> dict[str, tuple[np.ndarray, np.ndarr
     return out
 
 
-def paper_reference_cosine(depth: float | np.ndarray) -> np.ndarray:
-    """The paper's bert-base IMDB cosine at relative depth ``layer / L`` (linear interpolation
-    between its layers k/12), so models of any depth can be set beside it."""
-    ref = np.asarray(PAPER_REPORTED_COSINE_BERT_BASE_IMDB)
+def paper_reference_cosine(depth: float | np.ndarray, task: str) -> np.ndarray | None:
+    """The paper's bert-base cosine on the dataset ``task`` stands for, at relative depth
+    ``layer / L`` (linear interpolation between its layers k/12), so models of any depth can
+    be set beside it; ``None`` for a task with no paper counterpart."""
+    curve = PAPER_REPORTED_LAYER_SIMILARITY.get(PAPER_DATASET_FOR_TASK.get(task, ""), {})
+    if "base" not in curve:
+        return None
+    ref = np.asarray(curve["base"])
     n = len(ref) - 1
     return np.interp(np.asarray(depth, dtype=float) * n, np.arange(n + 1), ref)

@@ -338,14 +338,14 @@ def finetune_accuracy_table(inputs: PaperInputs) -> Table:
     return Table("finetune_accuracy", caption, columns, rows)
 
 
-def _similarity_row(rs: RunSet, i: int, ref: float) -> dict[str, Cell]:
+def _similarity_row(rs: RunSet, i: int, ref: float | None) -> dict[str, Cell]:
     """One layer: PT-FT metrics (seed stats, text CIs), the controls and the probe difference."""
     row: dict[str, Cell] = {
         "model": rs.model,
         "task": rs.task,
         "layer": int(rs.layers[i]),
         "depth": float(rs.depth[i]),
-        "paper_cosine": round(ref, 4),
+        "paper_cosine": None if ref is None else round(ref, 4),
     }
     for metric in ("cosine", "cka", "probe_diff"):
         row[metric] = rs.sim_stat(metric, i)
@@ -362,7 +362,7 @@ def _similarity_row(rs: RunSet, i: int, ref: float) -> dict[str, Cell]:
 def layer_similarity_table(inputs: PaperInputs) -> Table:
     """Per layer: PT-FT cosine and CKA (seed mean, seed t interval, text CI) beside the seed
     floor and the shuffled-label control, the paired probe difference, and the paper's
-    bert-base IMDB cosine at the same relative depth."""
+    bert-base cosine on the task's dataset at the same relative depth."""
     pp = {"digits": 1, "scale": 100.0, "ci": True, "seed_ci": True}
     columns = [
         *LAYER_KEY_COLUMNS,
@@ -373,14 +373,17 @@ def layer_similarity_table(inputs: PaperInputs) -> Table:
         Column("floor_cka", "FT-FT CKA, mean [min, max]", ci=True),
         Column("shuffled_cka", "PT-FT-shuffled CKA"),
         Column("probe_diff", "probe FT-PT (pp) [seed CI]; paired text CI", **pp),
-        Column("paper_cosine", f"paper cosine ({PAPER_MODEL}, IMDB)"),
+        Column("paper_cosine", f"paper cosine ({PAPER_MODEL}, the task's dataset)"),
     ]
     rows = []
     for m in inputs.all_models:
         for t in inputs.tasks:
             rs = inputs.any_run(m, t)
-            ref = paper_reference_cosine(rs.depth)
-            rows += [_similarity_row(rs, i, float(ref[i])) for i in range(rs.layers.size)]
+            ref = paper_reference_cosine(rs.depth, t)
+            rows += [
+                _similarity_row(rs, i, None if ref is None else float(ref[i]))
+                for i in range(rs.layers.size)
+            ]
     level = round(100 * inputs.run(inputs.models[0], inputs.tasks[0]).confidence)
     caption = (
         f"Similarity per layer (0 = embeddings). PT-FT: seed mean with the {level}% t interval "
@@ -389,8 +392,9 @@ def layer_similarity_table(inputs: PaperInputs) -> Table:
         "fine-tunes of different seeds (mean, [min, max] over pairs; n/a with one seed) and PT "
         "vs the shuffled-label fine-tune. Probe FT-PT: paired difference of probe accuracy in "
         "percentage points with its paired bootstrap CI. The last column is the paper's "
-        f"reported cosine for {PAPER_MODEL} on IMDB, linearly interpolated at the same relative "
-        "depth (layer/L vs k/12)." + _seed_note(inputs)
+        f"reported cosine for {PAPER_MODEL} on the dataset the task stands for (sentiment: IMDB, "
+        "rating: Spotify reviews, topic: news; n/a for a task the paper did not run), linearly "
+        "interpolated at the same relative depth (layer/L vs k/12)." + _seed_note(inputs)
     )
     return Table("layer_similarity", caption, columns, rows)
 
