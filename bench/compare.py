@@ -169,6 +169,7 @@ def stage_pass(inputs: Inputs, store_dir: Path, n: int | None = None) -> tuple[f
             inputs.seed,
             store_dir,
             progress=False,
+            pt_link="../pt",  # as the stage: the analysis store keeps the FT half only
         )
     except _AnalysisDone:
         pass

@@ -33,7 +33,8 @@ mean pass over both stores; the peer: its constructor), the batch reads (timed a
 for both) and the rest (the steps' compute).
 
 Data: the workspace's activation stores ``pt_L<layer>`` and ``ft_L<layer>`` of the task
-(``data/activations/<m>/<task>/s<seed>``, read-only memmaps; the middle SAE layer by default),
+(``data/activations/<m>/<task>/s<seed>``, its FT half linked to the shared ``pt/``; read-only
+memmaps; the middle SAE layer by default),
 else synthetic paired data of the same shape (said in the output). Target: ours >= 1.0x the
 peer's tokens/s at equal or lower FVU on both models. Two readings are printed: on the same
 token budget (the ratio of tokens/s, with the FVU gap noted), and at equal quality (ours trained

@@ -19,6 +19,7 @@ from layerwise.activations import (
     pad_batch,
     store_name,
 )
+from layerwise.errors import StaleInputError
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 4, 17, 100])
@@ -190,5 +191,5 @@ def test_linked_store_of_other_tokens_is_refused(tmp_path: Path, change: str) ->
     pt_index = index[:3] if change == "fewer rows" else index + np.array([0, 0, 1], np.int32)
     _write_half(tmp_path / "pt" / "train", "pt", np.zeros((len(pt_index), 3)), pt_index)
     _write_half(tmp_path / "s0" / "train", "ft", np.zeros((4, 3)), index, pt_store="../pt")
-    with pytest.raises(FileNotFoundError, match=r"holds other tokens than the FT store"):
+    with pytest.raises(StaleInputError, match=r"holds other tokens than the FT store"):
         ActivationStore.open(tmp_path / "s0", "train")

@@ -117,3 +117,24 @@ def test_a_size_models_runs_name_its_size_stages(app_tree: AppTree) -> None:  # 
     assert not run.key.runs("crosscoder") and run.key.runs("sae")
     hint = run.hint(["crosscoder"])
     assert "size model" in hint and "crosscoder_size@" not in hint
+
+
+def test_a_store_without_its_pt_half_names_the_pt_store_stage(
+    app_tree: AppTree,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A run's store links to the shared PT store: without it the catalog says the run lacks
+    ``pt_store`` (not ``compare``, whose rerun would not make it), and the hint names the
+    per-(model, task) stage (``_size`` for a size model)."""
+    src = Paths(app_tree.root)
+    store = src.activations(*_key())
+    shutil.copytree(store, tmp_path / store.relative_to(app_tree.root))
+    run = scan(tmp_path).run(KEY)
+    assert run.store and not run.pt_store
+    assert run.missing("compare") == ["pt_store"]
+    assert f"pt_store@{KEY.model}-{KEY.task}" in run.hint(run.missing("compare"))
+    size = scan(tmp_path, size_models=[KEY.model]).run(KEY)
+    assert f"pt_store_size@{KEY.model}-{KEY.task}" in size.hint(["pt_store"])
+    pt = src.pt_activations(KEY.model, KEY.task)
+    shutil.copytree(pt, tmp_path / pt.relative_to(app_tree.root))
+    assert scan(tmp_path).run(KEY).missing("compare") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from app_support import KEY, AppTree, app_tree  # noqa: F401
 
 from layerwise.app.catalog import ExplorerError, RunKey
 from layerwise.app.loaders import Workspace
+from layerwise.paths import Paths
 
 
 def test_objects_load_once_and_stores_index_their_texts(app_tree: AppTree) -> None:  # noqa: F811
@@ -60,3 +62,19 @@ def test_a_capped_models_texts_are_its_stages_sample(app_tree: AppTree, tmp_path
     expected = model_splits(Paths(app_tree.root).prepared(KEY.task), model, raw["seed"])
     assert len(texts) == 7 and texts == list(expected["analysis"]["text"])
     assert ws.catalog().run(KEY).key.size
+
+
+def test_a_pt_store_of_other_tokens_is_an_explorer_message(
+    app_tree: AppTree,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A shared PT store rewritten for other tokens (pt_store rerun with another budget, the
+    run's compare not) is refused with what to rerun, as a page message, not a traceback."""
+    root = tmp_path / "root"
+    shutil.copytree(app_tree.root, root)
+    index = Paths(root).pt_activations(KEY.model, KEY.task) / "analysis" / "index.npy"
+    rows = np.load(index)
+    rows[0, 2] += 1  # another token id in the first row
+    np.save(index, rows)
+    with pytest.raises(ExplorerError, match=r"holds other tokens .* rerun pt_store and compare"):
+        Workspace(root).store(KEY)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from layerwise.errors import MissingInputError
+from layerwise.errors import MissingInputError, StaleInputError
 
 if TYPE_CHECKING:
     import torch
@@ -165,7 +165,7 @@ class ActivationStore:
             np.load(folder / "index.npy", mmap_mode="r"), self.index
         )
         if not same:
-            raise MissingInputError(
+            raise StaleInputError(
                 f"the PT store {folder.resolve()} holds other tokens than the FT store "
                 f"{self.root / self.split}: rerun pt_store and compare for this model and task"
             )
@@ -188,7 +188,8 @@ class ActivationStore:
         if name not in self.names:
             raise KeyError(
                 f"activation store {self.root / self.split} has no {name!r}; it holds "
-                f"{self.names} (layers are set by models.<m>.layers; rerun compare)"
+                f"{self.names} (layers are set by models.<m>.layers; rerun compare for the FT "
+                "layers, pt_store for the PT layers)"
             )
         folder = self.linked.get(name, self.root / self.split)
         return np.load(folder / f"{name}.npy", mmap_mode="r")

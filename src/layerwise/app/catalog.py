@@ -109,6 +109,8 @@ class RunKey:
         if stage == "prepare":
             return f"prepare@{self.task}"
         size = "_size" if self.size else ""
+        if stage == "pt_store":
+            return f"pt_store{size}@{self.model}-{self.task}"
         if self.control:
             return f"{stage}_{self.control}{size}@{self.item}"
         if size:
@@ -160,6 +162,8 @@ class RunOutputs:
     features: bool
     crosscoder_layers: tuple[int, ...] = ()
     """Layers with a saved crosscoder (``crosscoder/L<layer>/cfg.json``), ascending."""
+    pt_store: bool = True
+    """Whether the run's store has the shared PT store it links to (``pt_store`` stage)."""
 
     @property
     def sae_layers(self) -> list[int]:
@@ -167,10 +171,13 @@ class RunOutputs:
 
     def missing(self, *needs: str) -> list[str]:
         """The stages among ``needs`` (``prepare``, ``finetune``, ``compare``, ``sae``,
-        ``crosscoder``, ``features``) whose outputs this run lacks."""
+        ``crosscoder``, ``features``) whose outputs this run lacks; a store needs the shared PT
+        store too, so ``compare`` brings ``pt_store`` with it."""
+        needs = tuple(s for n in needs for s in (("pt_store", n) if n == "compare" else (n,)))
         present = {
             "prepare": self.prepared,
             "finetune": self.finetuned,
+            "pt_store": self.pt_store,
             "compare": self.store,
             "sae": bool(self.sae_units),
             "crosscoder": bool(self.crosscoder_layers),
@@ -209,7 +216,8 @@ def run_outputs(paths: Paths, key: RunKey) -> RunOutputs:
         key=key,
         prepared=(paths.prepared(t) / "dataset_dict.json").is_file(),
         finetuned=(paths.finetuned(m, t, s) / "config.json").is_file(),
-        store=ActivationStore.complete(paths.activations(m, t, s), "analysis"),
+        store=(paths.activations(m, t, s) / "analysis" / "meta.json").is_file(),
+        pt_store=ActivationStore.complete(paths.activations(m, t, s), "analysis"),
         similarity=paths.similarity_csv(m, t, s).is_file(),
         sae_units=units,
         features=paths.features_json(m, t, s).is_file(),

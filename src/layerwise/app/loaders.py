@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from layerwise.app.catalog import Catalog, ExplorerError, RunKey, RunOutputs, scan
+from layerwise.errors import UserError
 from layerwise.paths import Paths
 
 if TYPE_CHECKING:
@@ -231,7 +232,14 @@ class Workspace:
 
         self.require(key, "compare")
         root = self.paths.activations(key.model, key.task, key.seed)
-        return self.cached(("store", key), lambda: ActivationStore.open(root, "analysis"))
+
+        def load() -> ActivationStore:
+            try:
+                return ActivationStore.open(root, "analysis")
+            except UserError as exc:  # a PT store of other tokens: say what to rerun
+                raise ExplorerError(str(exc)) from exc
+
+        return self.cached(("store", key), load)
 
     def store_index(self, key: RunKey) -> StoreIndex:
         def load() -> StoreIndex:
