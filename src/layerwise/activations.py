@@ -154,10 +154,11 @@ class ActivationStore:
     def _link(self, folder: Path) -> None:
         """Read ``folder``'s stores as this store's, after checking it indexes the same
         tokens (same texts, positions and token ids, row for row)."""
+        folder = folder.resolve()
         if not (folder / "meta.json").is_file():
             raise MissingInputError(
                 f"activation store {self.root / self.split} takes its PT half from "
-                f"{folder.resolve()}, which is missing: it is made by the pt_store stage "
+                f"{folder}, which is missing: it is made by the pt_store stage "
                 "(run `dvc repro pt_store@<model>-<task>`)"
             )
         other = json.loads((folder / "meta.json").read_text())
@@ -166,10 +167,9 @@ class ActivationStore:
         )
         if not same:
             raise StaleInputError(
-                f"the PT store {folder.resolve()} holds other tokens than the FT store "
+                f"the PT store {folder} holds other tokens than the FT store "
                 f"{self.root / self.split}: rerun pt_store and compare for this model and task"
             )
-        folder = folder.resolve()
         self.linked = {name: folder for name in other["stores"] if name not in self.meta["stores"]}
 
     @property

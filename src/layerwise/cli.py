@@ -50,7 +50,7 @@ class StageArgs:
     def stage_name(self, stage: str) -> str:
         """The DVC stage that makes ``stage``'s output for this run (``finetune@m-t-0``, or
         ``finetune_shuffled@m-t`` for a control): what an error tells the user to rerun."""
-        size = "_size" if self.model and self.params.is_size_model(self.model) else ""
+        size = self._size_suffix
         if self.control is not None:
             return f"{stage}_{self.control}{size}@{self.model}-{self.task}"
         return f"{stage}{size}@{self.item}"
@@ -58,8 +58,12 @@ class StageArgs:
     def task_stage_name(self, stage: str) -> str:
         """The DVC stage of a per-(model, task) ``stage`` (``pt_store@m-t``, or
         ``pt_store_size@m-t`` for a size model)."""
-        size = "_size" if self.model and self.params.is_size_model(self.model) else ""
-        return f"{stage}{size}@{self.model}-{self.task}"
+        return f"{stage}{self._size_suffix}@{self.model}-{self.task}"
+
+    @property
+    def _size_suffix(self) -> str:
+        """``_size`` for a model of ``size_models``: its stages are the ``*_size`` ones."""
+        return "_size" if self.model and self.params.is_size_model(self.model) else ""
 
     def require_store(self) -> Path:
         """This run's activation store, after checking that it and the shared PT store it links
